@@ -1,0 +1,75 @@
+"""Access to the golden data produced by the official code (``PYRAMID_FLOW_GOLDEN``, default ``../shared/golden``).
+
+Everything a parity test needs comes from ``manifest.json``: case files, call arguments, shapes and the
+checkpoint folder of each variant. Nothing about the public set's particular sizes is assumed.
+"""
+
+import json
+import os
+from functools import lru_cache
+from typing import Dict, List
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def golden_root() -> str:
+    return os.path.abspath(os.environ.get("PYRAMID_FLOW_GOLDEN", os.path.join(REPO_ROOT, "..", "shared", "golden")))
+
+
+@lru_cache(maxsize=None)
+def manifest() -> dict:
+    path = os.path.join(golden_root(), "manifest.json")
+    if not os.path.isfile(path):
+        message = f"golden data not found at {path} (set PYRAMID_FLOW_GOLDEN)"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def cases(kind: str) -> List[dict]:
+    """Manifest cases whose name is ``kind`` or ends with ``/kind`` (e.g. 'vae' -> 'sd3/vae', 'miniflux/vae')."""
+    return [c for c in manifest()["cases"] if c["name"] == kind or c["name"].endswith("/" + kind)]
+
+
+def case_params(kind: str):
+    """``pytest.mark.parametrize`` values for every case of a kind, named by the case, read lazily."""
+    path = os.path.join(golden_root(), "manifest.json")
+    if not os.path.isfile(path):
+        return [pytest.param(None, id="golden-missing")]
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    found = [c for c in data["cases"] if c["name"] == kind or c["name"].endswith("/" + kind)]
+    return [pytest.param(c, id=c["name"]) for c in found] or [pytest.param(None, id=f"no-{kind}-case")]
+
+
+def require_case(case) -> dict:
+    if case is None:
+        manifest()  # skips or fails with the right message when the folder is missing
+        pytest.fail("the manifest lists no case of this kind", pytrace=False)
+    return case
+
+
+@lru_cache(maxsize=None)
+def tensors(file_name: str) -> Dict[str, torch.Tensor]:
+    return load_file(os.path.join(golden_root(), "cases", file_name))
+
+
+def checkpoint_root(variant: str) -> str:
+    return os.path.join(golden_root(), "checkpoints", variant)
+
+
+def variant_info(variant: str) -> dict:
+    return manifest()["variants"][variant]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name: str = "") -> None:
+    assert tuple(actual.shape) == tuple(expected.shape), f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff = (actual.detach().double().cpu() - expected.double()).abs().max().item() if expected.numel() else 0.0
+    assert diff <= atol, f"{name}: max |diff| {diff:.3g} > {atol:g}"
