@@ -1,0 +1,85 @@
+"""Latent bookkeeping: normalisation, frame counts, resolutions and pixel conversion."""
+
+import math
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from .variants import Variant
+
+FPS = 24
+RESOLUTION_MULTIPLE = 64  # VAE 8 x pyramid 4 x patch 2
+TRAINED_RESOLUTIONS = {
+    "384p": ((640, 384),),
+    "768p": ((1280, 768),),
+    "image": ((1024, 1024), (1280, 768), (768, 1280)),
+}
+MAX_TEMP = {"384p": 16, "768p": 31, "image": 1}
+
+
+def normalize(z: torch.Tensor, variant: Variant) -> torch.Tensor:
+    """VAE latent [B, C, T, h, w] -> DiT space: frame 0 with the image constants, later frames with the video ones."""
+    image, video = variant.image_norm, variant.video_norm
+    first = (z[:, :, :1] - image.shift) * image.scale
+    return torch.cat([first, (z[:, :, 1:] - video.shift) * video.scale], dim=2)
+
+
+def denormalize(x: torch.Tensor, variant: Variant) -> torch.Tensor:
+    """Inverse of :func:`normalize`, in the dtype of ``x``."""
+    image, video = variant.image_norm, variant.video_norm
+    first = x[:, :, :1] / image.scale + image.shift
+    return torch.cat([first, x[:, :, 1:] / video.scale + video.shift], dim=2)
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """VAE output [B, 3, F, H, W] in [-1, 1] -> uint8 frames [B*F, H, W, 3], truncated like the official code."""
+    pixels = video.mul(127.5).add(127.5).clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 4, 1).flatten(0, 1)
+
+
+def frames_for_temp(temp: int) -> int:
+    """Pixel frames decoded from ``temp`` latent frames."""
+    return 8 * temp - 7
+
+
+def temp_for_seconds(seconds: float, fps: int = FPS) -> int:
+    """Latent frames needed for at least ``seconds`` of video (5 s -> 16, 10 s -> 31)."""
+    return max(1, math.ceil((seconds * fps - 1) / 8) + 1)
+
+
+def check_resolution(width: int, height: int) -> None:
+    """Raise a ValueError naming the fix when width/height cannot go through the pyramid."""
+    for name, value in (("width", width), ("height", height)):
+        if value < RESOLUTION_MULTIPLE or value % RESOLUTION_MULTIPLE:
+            lower = max(RESOLUTION_MULTIPLE, value // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE)
+            raise ValueError(
+                f"{name} {value} is not a multiple of {RESOLUTION_MULTIPLE}: Pyramid Flow needs multiples of 64 "
+                f"(VAE 8 x pyramid 4 x patch 2). Use {lower} or {lower + RESOLUTION_MULTIPLE}; the trained sizes are "
+                "640x384 (384p) and 1280x768 (768p)."
+            )
+
+
+def resolution_warning(width: int, height: int, temp: int, checkpoint: Optional[str]) -> Optional[str]:
+    """A message when the size or length is outside what ``checkpoint`` ('384p', '768p', 'image') was trained on."""
+    if checkpoint not in TRAINED_RESOLUTIONS:
+        return None
+    trained = TRAINED_RESOLUTIONS[checkpoint]
+    problems = []
+    if (width, height) not in trained:
+        sizes = ", ".join(f"{w}x{h}" for w, h in trained)
+        problems.append(f"{width}x{height} is not a trained resolution of the {checkpoint} checkpoint ({sizes})")
+    if temp > MAX_TEMP[checkpoint]:
+        problems.append(f"{temp} latent frames exceed the {checkpoint} checkpoint's maximum of {MAX_TEMP[checkpoint]}")
+    return "; ".join(problems) + "; expect degraded output." if problems else None
+
+
+def warn_resolution(width: int, height: int, temp: int, checkpoint: Optional[str]) -> None:
+    message = resolution_warning(width, height, temp, checkpoint)
+    if message:
+        warnings.warn(message, stacklevel=2)
+
+
+def latent_size(width: int, height: int) -> Tuple[int, int]:
+    """(h, w) of the full-resolution latent."""
+    return height // 8, width // 8

@@ -1,0 +1,64 @@
+"""The pyramid schedule against the official scheduler's tables (bit-exact, float64)."""
+
+import pytest
+import torch
+
+from golden import case_params, require_case, tensors
+from pyramid_flow.scheduler import PyramidFlowScheduler
+
+
+def _schedulers(case):
+    for config in case["configs"]:
+        scheduler = PyramidFlowScheduler(
+            shift=config["shift"],
+            stages=config["stages"],
+            stage_range=config["stage_range"],
+            gamma=config["gamma"],
+            num_train_timesteps=config["num_train_timesteps"],
+        )
+        yield config, scheduler, f"shift{config['shift']:g}"
+
+
+@pytest.mark.parametrize("case", case_params("scheduler"))
+def test_stage_endpoints_and_renoise(case):
+    for config, scheduler, _ in _schedulers(require_case(case)):
+        assert scheduler.start_sigmas == config["start_sigmas"]
+        assert scheduler.end_sigmas == config["end_sigmas"]
+        assert scheduler.ori_start_sigmas == config["ori_start_sigmas"]
+        assert [list(r) for r in scheduler.timestep_ratios] == config["timestep_ratios"]
+        for entry in config["renoise"]:
+            coefficients = scheduler.renoise(entry["stage"])
+            assert (coefficients.alpha, coefficients.beta) == (entry["alpha"], entry["beta"])
+
+
+@pytest.mark.parametrize("case", case_params("scheduler"))
+def test_tables_are_bit_exact(case):
+    case = require_case(case)
+    recorded = tensors(case["file"])
+    for config, scheduler, prefix in _schedulers(case):
+        assert torch.equal(scheduler.global_timesteps, recorded[f"{prefix}/global_timesteps_after_init"])
+        assert torch.equal(scheduler.global_sigmas, recorded[f"{prefix}/global_sigmas_after_init"])
+        for stage in range(config["stages"]):
+            assert torch.equal(scheduler.timesteps_per_stage[stage], recorded[f"{prefix}/stage{stage}/timesteps_per_stage"])
+            assert torch.equal(scheduler.sigmas_per_stage[stage], recorded[f"{prefix}/stage{stage}/sigmas_per_stage"])
+        for entry in config["set_timesteps"]:
+            grid = scheduler.stage_grid(entry["num_inference_steps"], entry["stage"])
+            key = f"{prefix}/n{entry['num_inference_steps']}/stage{entry['stage']}"
+            assert torch.equal(grid.timesteps, recorded[f"{key}/timesteps"])
+            assert torch.equal(grid.sigmas, recorded[f"{key}/sigmas"])
+            assert grid.timesteps.tolist() == entry["timesteps"]
+
+
+@pytest.mark.parametrize("case", case_params("scheduler"))
+def test_euler_steps(case):
+    """The demo: x0 = randn (seed 7) of the velocity's shape; 3 steps of stage 1 with a fixed velocity."""
+    case = require_case(case)
+    recorded = tensors(case["file"])
+    for _, scheduler, prefix in _schedulers(case):
+        velocity = recorded[f"{prefix}/euler_demo/velocity"]
+        expected = recorded[f"{prefix}/euler_demo/x_after_each_step"]
+        sample = torch.randn(velocity.shape, generator=torch.Generator().manual_seed(7))
+        grid = scheduler.stage_grid(expected.shape[0], 1)
+        for k in range(expected.shape[0]):
+            sample = scheduler.step(velocity, sample, grid.sigmas[k], grid.sigmas[k + 1])
+            assert torch.equal(sample, expected[k])
