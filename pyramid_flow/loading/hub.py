@@ -1,0 +1,152 @@
+"""The official Hugging Face folders: which files a run needs, checking them, and fetching them on request.
+
+Nothing here touches the network unless ``download_model`` or ``ensure_model(..., allow_download=True)`` is
+called. Downloads go through ``huggingface_hub.snapshot_download`` into a plain folder (``local_dir``) with
+``allow_patterns``, so only the folders a run needs come down (one DiT resolution, not all three).
+"""
+
+import json
+import os
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+from ..variants import Variant, get_variant
+from .state_dict import WEIGHT_FILE_NAMES, CheckpointError
+
+REPOS = {"sd3": "rain1011/pyramid-flow-sd3", "miniflux": "rain1011/pyramid-flow-miniflux"}
+DEFAULT_DIT_FOLDER = "diffusion_transformer_384p"
+VAE_FOLDER = "causal_video_vae"
+COMPONENTS = ("dit", "vae", "text")
+
+# A requirement is a tuple of file names of which one must exist.
+Requirement = Tuple[str, ...]
+MODEL_FILES: Tuple[Requirement, ...] = (("config.json",), WEIGHT_FILE_NAMES)
+CLIP_TOKENIZER_FILES: Tuple[Requirement, ...] = (("tokenizer_config.json",), ("vocab.json",), ("merges.txt",))
+T5_TOKENIZER_FILES: Tuple[Requirement, ...] = (("tokenizer_config.json",), ("spiece.model", "tokenizer.json"))
+Requirements = Dict[str, Tuple[Requirement, ...]]  # folder -> the files it must hold
+
+
+def resolve_repo(repo_id_or_variant: str) -> Tuple[Variant, str]:
+    """(variant, repo id) for a variant name, an official model_name or one of the two repo ids."""
+    for name, repo_id in REPOS.items():
+        if repo_id_or_variant == repo_id:
+            return get_variant(name), repo_id
+    try:
+        variant = get_variant(repo_id_or_variant)
+    except ValueError:
+        raise ValueError(
+            f"Unknown Pyramid Flow model '{repo_id_or_variant}': expected a variant ({', '.join(REPOS)}) "
+            f"or a repository ({', '.join(REPOS.values())})."
+        ) from None
+    return variant, REPOS[variant.name]
+
+
+def folder_requirements(
+    variant: Variant, dit_folder: str = DEFAULT_DIT_FOLDER, components: Sequence[str] = COMPONENTS
+) -> Requirements:
+    """The folders the chosen components live in, each with the files it must hold."""
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"Unknown component(s) {unknown}: choose from {list(COMPONENTS)}.")
+    folders: Requirements = {}
+    if "dit" in components:
+        folders[dit_folder] = MODEL_FILES
+    if "vae" in components:
+        folders[VAE_FOLDER] = MODEL_FILES
+    if "text" in components:
+        *clip_tokenizers, t5_tokenizer = variant.tokenizer_folders
+        folders.update({folder: MODEL_FILES for folder in variant.text_encoder_folders})
+        folders.update({folder: CLIP_TOKENIZER_FILES for folder in clip_tokenizers})
+        folders[t5_tokenizer] = T5_TOKENIZER_FILES
+    return folders
+
+
+def _missing_shards(folder: str, present: Iterable[str]) -> List[str]:
+    """Shards named by a sharded checkpoint's index that are not on disk (an interrupted download)."""
+    missing = []
+    for name in present:
+        if name.endswith(".index.json"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            missing += [shard for shard in shards if not os.path.isfile(os.path.join(folder, shard))]
+    return missing
+
+
+def _missing(root: str, requirements: Requirements) -> Dict[str, List[str]]:
+    missing: Dict[str, List[str]] = {}
+    for folder, needed in requirements.items():
+        path = os.path.join(root, folder)
+        present = [name for req in needed for name in req if os.path.isfile(os.path.join(path, name))]
+        lacking = [" | ".join(req) for req in needed if not set(req) & set(present)]
+        lacking += _missing_shards(path, present)
+        if lacking:
+            missing[folder] = lacking
+    return missing
+
+
+def _missing_message(root: str, repo_id: str, missing: Dict[str, List[str]]) -> str:
+    lines = [f"  {folder}/: {', '.join(files)}" for folder, files in missing.items()]
+    includes = " ".join(f"'{folder}/*'" for folder in missing)
+    return (
+        f"The Pyramid Flow model folder '{root}' is incomplete. Missing:\n" + "\n".join(lines) + "\n"
+        f"Download these folders from https://huggingface.co/{repo_id} into '{root}', e.g. "
+        f"`hf download {repo_id} --include {includes} --local-dir \"{root}\"` "
+        "(older huggingface_hub: `huggingface-cli download`), or allow the automatic download."
+    )
+
+
+def _download(repo_id: str, target_dir: str, requirements: Requirements) -> str:
+    import huggingface_hub  # only needed when downloading
+
+    allow_patterns = [f"{folder}/*" for folder in requirements]
+    try:
+        huggingface_hub.snapshot_download(repo_id, local_dir=target_dir, allow_patterns=allow_patterns)
+    except OSError as err:  # offline mode, no network, HTTP errors (gated, not found), disk full
+        raise CheckpointError(
+            f"Downloading {', '.join(allow_patterns)} from https://huggingface.co/{repo_id} into '{target_dir}' "
+            f"failed: {err}\nWithout network access (or with HF_HUB_OFFLINE=1), download the folders on another "
+            f"machine and copy them into '{target_dir}'."
+        ) from err
+    # snapshot_download is silent when a pattern matches nothing, e.g. a DiT folder the repository lacks.
+    missing = _missing(target_dir, requirements)
+    if missing:
+        raise CheckpointError(
+            f"https://huggingface.co/{repo_id} did not provide every needed file. "
+            + _missing_message(target_dir, repo_id, missing)
+        )
+    return target_dir
+
+
+def download_model(
+    repo_id_or_variant: str,
+    target_dir: str,
+    dit_folder: str = DEFAULT_DIT_FOLDER,
+    components: Sequence[str] = COMPONENTS,
+) -> str:
+    """Download the folders of ``components`` ("dit", "vae", "text") into ``target_dir``; returns it.
+
+    Files already in ``target_dir`` from an earlier download are not fetched again. Progress bars are
+    huggingface_hub's own.
+    """
+    variant, repo_id = resolve_repo(repo_id_or_variant)
+    return _download(repo_id, target_dir, folder_requirements(variant, dit_folder, components))
+
+
+def ensure_model(
+    root: str,
+    variant: str,
+    dit_folder: str = DEFAULT_DIT_FOLDER,
+    components: Sequence[str] = COMPONENTS,
+    allow_download: bool = False,
+) -> str:
+    """``root`` once every needed file is there; downloads the incomplete folders only if ``allow_download``.
+
+    Raises ``CheckpointError`` listing the missing files and where to put them otherwise.
+    """
+    resolved, repo_id = resolve_repo(variant)
+    requirements = folder_requirements(resolved, dit_folder, components)
+    missing = _missing(root, requirements)
+    if not missing:
+        return root
+    if not allow_download:
+        raise CheckpointError(_missing_message(root, repo_id, missing))
+    return _download(repo_id, root, {folder: requirements[folder] for folder in missing})
