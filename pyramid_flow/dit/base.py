@@ -1,0 +1,79 @@
+"""What both Pyramid Flow DiTs share: conditioning, the [text; image] sequence, the output head.
+
+Shapes: B batch, Lt text tokens, N image tokens, D model width, P pooled text width, n position axes.
+"""
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .embeddings import TimestepTextEmbedding, rope_cos_sin
+from .layers import AdaLayerNormContinuous, Rope
+from .sequence import joint_attention_mask, token_grid, unpatchify, with_text_positions
+
+
+class PyramidDiT(nn.Module):
+    """Base of :class:`PyramidMMDiT` and :class:`PyramidFluxDiT`.
+
+    Subclasses build their blocks and implement ``embed_clips`` (tokens and RoPE positions of the image
+    tokens) and ``run_blocks``; ``rope_axes`` lists the RoPE dims per position axis.
+    """
+
+    rope_axes: Sequence[int]
+
+    def __init__(
+        self,
+        inner_dim: int,
+        pooled_projection_dim: int,
+        joint_attention_dim: int,
+        out_channels: int,
+        patch_size: int,
+        use_temporal_causal: bool,
+        dtype=None,
+        device=None,
+        operations=None,
+    ):
+        super().__init__()
+        self.patch_size = patch_size
+        self.out_channels = out_channels
+        self.use_temporal_causal = use_temporal_causal
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.time_text_embed = TimestepTextEmbedding(inner_dim, pooled_projection_dim, **kw)
+        self.context_embedder = operations.Linear(joint_attention_dim, inner_dim, dtype=dtype, device=device)
+        self.norm_out = AdaLayerNormContinuous(inner_dim, **kw)
+        self.proj_out = operations.Linear(inner_dim, patch_size * patch_size * out_channels, dtype=dtype, device=device)
+
+    def embed_clips(self, clips: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """clips -> (image tokens [B, N, D], positions [N, n] with the temporal id in column 0)."""
+        raise NotImplementedError
+
+    def run_blocks(self, x: torch.Tensor, c: torch.Tensor, temb: torch.Tensor, mask: torch.Tensor, rope: Rope) -> torch.Tensor:
+        """The transformer blocks: image tokens [B, N, D] in and out, text c [B, Lt, D]."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        clips: List[torch.Tensor],
+        context: torch.Tensor,
+        context_mask: torch.Tensor,
+        pooled: torch.Tensor,
+        timestep: torch.Tensor,
+    ) -> torch.Tensor:
+        """Velocity of the last clip.
+
+        clips: [B, C, t_i, h_i, w_i] each, history first, the noisy clip last; context [B, Lt, D_text] (T5);
+        context_mask [B, Lt] (1 = real token); pooled [B, P]; timestep [B] on the 0-1000 scale.
+        Returns [B, C, t, h, w] for ``clips[-1]``.
+        """
+        temb = self.time_text_embed(timestep, pooled)  # [B, D]
+        c = self.context_embedder(context)  # [B, Lt, D]
+        x, positions = self.embed_clips(clips)  # [B, N, D], [N, n]
+        positions = with_text_positions(positions, c.shape[1])  # [Lt+N, n]
+        rope = rope_cos_sin(positions, self.rope_axes)
+        mask = joint_attention_mask(context_mask, positions[:, 0], self.use_temporal_causal)  # [B, 1, L, L]
+        x = self.run_blocks(x, c, temb, mask, rope)  # [B, N, D]
+        grid = token_grid(clips[-1], self.patch_size)
+        x = x[:, x.shape[1] - grid[0] * grid[1] * grid[2] :]  # tokens of the last clip
+        x = self.proj_out(self.norm_out(x, temb))  # [B, n_last, p*p*C]
+        return unpatchify(x, grid, self.patch_size)
