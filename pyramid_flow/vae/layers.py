@@ -1,0 +1,234 @@
+"""Building blocks of the causal video VAE (reference §3.2), with an explicit causal cache.
+
+Shapes: B batch, C channels, T frames, H/W height and width. Every video tensor is [B, C, T, H, W].
+
+Causality: each CausalConv3d pads its input with k_t - 1 = 2 zero frames in front, so a frame only sees itself
+and the past. To process a long video in temporal chunks, a :class:`CausalCache` carries the last frames of every
+conv's padded input from one chunk into the next in place of the zero padding; the chunked result then equals
+the one-shot result (reference §3.4). ``cache=None`` means one shot.
+
+Precision: GroupNorm and the SiLU after it run in float32 and are cast once to the activation dtype, as under
+the official bf16 autocast (reference §4.7). GroupNorm weights are therefore stored in float32 (a few KB).
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from ..attention import attention
+
+NORM_EPS = 1e-6  # every GroupNorm of the VAE (reference §6.8)
+
+
+class CausalCache:
+    """The causal context of one video stream (one tile), carried from a temporal chunk to the next.
+
+    A new cache stands for the first chunk (the official ``is_init_image=True``: zero padding in front, and the
+    temporal upsamplers drop their first output frame). After each chunk the caller sets ``first_chunk`` to
+    False. Several caches can coexist, e.g. one per spatial tile.
+    """
+
+    def __init__(self):
+        self.frames: Dict[nn.Module, torch.Tensor] = {}  # conv -> last frames of its padded input [B, C, n, H, W]
+        self.first_chunk = True
+
+
+def is_first_chunk(cache: Optional[CausalCache]) -> bool:
+    return cache is None or cache.first_chunk
+
+
+def _copy(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous copy of x (any strides) in ``dtype``, made in one pass."""
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
+
+
+def norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """SiLU(GroupNorm(x)) of every frame on its own (the official CausalGroupNorm, reference §3.2).
+
+    x [B, C, T, H, W] -> same shape and dtype; statistics per (batch, frame, group), computed in float32.
+    """
+    b, c, t, h, w = x.shape
+    frames = _copy(x.transpose(1, 2), torch.float32).view(b * t, c, h, w)  # [(B T), C, H, W]
+    frames = F.silu(norm(frames), inplace=True)
+    return _copy(frames.view(b, t, c, h, w).transpose(1, 2), x.dtype)
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d (cubic kernel k, padding 0 inside) after k - 1 frames of causal padding and k // 2 zero pixels.
+
+    The first chunk (or a one-shot call) is padded with zero frames. A later chunk is preceded by the cached
+    frames instead: 2 for a stride-1 conv, 1 for the stride-2 temporal downsampler, as the official cache does
+    (reference §3.4).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride=1, bias: bool = True,
+                 dtype=None, device=None, operations=None):
+        super().__init__()
+        stride = (stride, 1, 1) if isinstance(stride, int) else tuple(stride)
+        self.time_pad = kernel_size - 1
+        self.space_pad = kernel_size // 2
+        self.context_frames = self.time_pad - (stride[0] - 1)  # frames taken from the cache on a later chunk
+        self.conv = operations.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias,
+                                      dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
+        """x [B, C_in, T, H, W] -> [B, C_out, T', H', W']."""
+        first = is_first_chunk(cache)
+        front = self.time_pad if first else self.context_frames
+        if front or self.space_pad:
+            b, c, t, h, w = x.shape
+            p = self.space_pad
+            padded = x.new_zeros(b, c, front + t, h + 2 * p, w + 2 * p)
+            padded[:, :, front:, p : p + h, p : p + w] = x
+            if not first and front:
+                padded[:, :, :front] = cache.frames[self]
+            x = padded
+        if cache is not None and self.context_frames:
+            cache.frames[self] = x[:, :, -self.context_frames :].clone()  # a copy, so the chunk can be freed
+        return self.conv(x)
+
+
+class CausalResnetBlock3D(nn.Module):
+    """(GroupNorm, SiLU, conv 3³) twice plus a shortcut (a 1³ conv when the channel count changes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, dtype=None, device=None, operations=None):
+        super().__init__()
+        conv = dict(dtype=dtype, device=device, operations=operations)
+        self.norm1 = operations.GroupNorm(groups, in_channels, eps=NORM_EPS, dtype=torch.float32, device=device)
+        self.conv1 = CausalConv3d(in_channels, out_channels, 3, **conv)
+        self.norm2 = operations.GroupNorm(groups, out_channels, eps=NORM_EPS, dtype=torch.float32, device=device)
+        self.conv2 = CausalConv3d(out_channels, out_channels, 3, **conv)
+        self.conv_shortcut = CausalConv3d(in_channels, out_channels, 1, **conv) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
+        h = self.conv1(norm_silu(self.norm1, x), cache)
+        h = self.conv2(norm_silu(self.norm2, h), cache)
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x, cache)
+        return x + h
+
+
+class CausalDownsample(nn.Module):
+    """A 3³ causal conv with stride (1, 2, 2) (spatial) or (2, 1, 1) (temporal: T -> (T - 1) // 2 + 1)."""
+
+    def __init__(self, channels: int, stride, dtype=None, device=None, operations=None):
+        super().__init__()
+        self.conv = CausalConv3d(channels, channels, 3, stride=stride, dtype=dtype, device=device, operations=operations)
+
+    def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
+        return self.conv(x, cache)
+
+
+class CausalUpsample(nn.Module):
+    """A 3³ causal conv to 4C (spatial) or 2C (temporal) channels, then depth-to-space.
+
+    Channels split as (c, pt, ph, pw); frames interleave as (t, pt). A temporal upsample maps T -> 2T, and drops
+    its first output frame on the first chunk, so T latent frames grow to 2T - 1 (reference §3.2).
+    """
+
+    def __init__(self, channels: int, temporal: bool, dtype=None, device=None, operations=None):
+        super().__init__()
+        self.factors = (2, 1, 1) if temporal else (1, 2, 2)  # (pt, ph, pw)
+        out_channels = channels * self.factors[0] * self.factors[1] * self.factors[2]
+        self.conv = CausalConv3d(channels, out_channels, 3, dtype=dtype, device=device, operations=operations)
+
+    def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
+        pt, ph, pw = self.factors
+        x = rearrange(self.conv(x, cache), "b (c pt ph pw) t h w -> b c (t pt) (h ph) (w pw)", pt=pt, ph=ph, pw=pw)
+        if pt > 1 and is_first_chunk(cache):
+            x = x[:, :, 1:]
+        return x
+
+
+class FrameAttention(nn.Module):
+    """Single-head self-attention over the pixels of each frame, with a residual (diffusers ``Attention`` as
+    built by the official mid block: GroupNorm on the input, q/k/v/out Linear with bias, scale C^-1/2)."""
+
+    def __init__(self, channels: int, groups: int, dtype=None, device=None, operations=None):
+        super().__init__()
+        linear = dict(dtype=dtype, device=device)
+        self.group_norm = operations.GroupNorm(groups, channels, eps=NORM_EPS, dtype=torch.float32, device=device)
+        self.to_q = operations.Linear(channels, channels, **linear)
+        self.to_k = operations.Linear(channels, channels, **linear)
+        self.to_v = operations.Linear(channels, channels, **linear)
+        self.to_out = nn.ModuleList([operations.Linear(channels, channels, **linear)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, T, H, W] -> same."""
+        b, c, t, h, w = x.shape
+        residual = x.transpose(1, 2).reshape(b * t, c, h * w)  # [(B T), C, L]
+        normed = self.group_norm(residual.float()).to(x.dtype).transpose(1, 2)  # [(B T), L, C]
+        q, k, v = (proj(normed).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # [(B T), 1, L, C]
+        out = self.to_out[0](attention(q, k, v).squeeze(1))  # [(B T), L, C]
+        out = out.transpose(1, 2) + residual  # [(B T), C, L]
+        return _copy(out.view(b, t, c, h, w).transpose(1, 2), x.dtype)
+
+
+class CausalUNetMidBlock2D(nn.Module):
+    """resnet -> per-frame attention -> resnet, at the lowest resolution."""
+
+    def __init__(self, channels: int, groups: int, dtype=None, device=None, operations=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.resnets = nn.ModuleList([CausalResnetBlock3D(channels, channels, groups, **kw) for _ in range(2)])
+        self.attentions = nn.ModuleList([FrameAttention(channels, groups, **kw)])
+
+    def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
+        x = self.resnets[0](x, cache)
+        x = self.attentions[0](x)
+        return self.resnets[1](x, cache)
+
+
+class _CausalBlock(nn.Module):
+    """Resnets, then a spatial and a temporal resampler (each optional), in that order."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, dtype=None, device=None,
+                 operations=None):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [CausalResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, groups, dtype=dtype,
+                                 device=device, operations=operations)
+             for i in range(num_layers)]
+        )
+
+    def resamplers(self):
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x, cache)
+        for resampler in self.resamplers():
+            if resampler is not None:
+                x = resampler[0](x, cache)
+        return x
+
+
+class DownEncoderBlockCausal3D(_CausalBlock):
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, spatial_down: bool,
+                 temporal_down: bool, dtype=None, device=None, operations=None):
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        super().__init__(in_channels, out_channels, num_layers, groups, **kw)
+        self.downsamplers = nn.ModuleList([CausalDownsample(out_channels, (1, 2, 2), **kw)]) if spatial_down else None
+        self.temporal_downsamplers = (
+            nn.ModuleList([CausalDownsample(out_channels, (2, 1, 1), **kw)]) if temporal_down else None
+        )
+
+    def resamplers(self):
+        return self.downsamplers, self.temporal_downsamplers
+
+
+class UpDecoderBlockCausal3D(_CausalBlock):
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, spatial_up: bool,
+                 temporal_up: bool, dtype=None, device=None, operations=None):
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        super().__init__(in_channels, out_channels, num_layers, groups, **kw)
+        self.upsamplers = nn.ModuleList([CausalUpsample(out_channels, temporal=False, **kw)]) if spatial_up else None
+        self.temporal_upsamplers = (
+            nn.ModuleList([CausalUpsample(out_channels, temporal=True, **kw)]) if temporal_up else None
+        )
+
+    def resamplers(self):
+        return self.upsamplers, self.temporal_upsamplers

@@ -1,0 +1,116 @@
+"""Loading the causal video VAE from an official ``causal_video_vae/`` folder or a single file (kijai's
+``pyramid_flow_vae_{bf16,fp32}.safetensors``: the official key names, possibly under ``vae.``).
+
+The model is built on the ``meta`` device and the file's tensors are assigned to it, so the weights are never
+materialised twice.
+"""
+
+import os
+from typing import Dict, List
+
+import torch
+
+from ..loading.detect import describe, identify_checkpoint
+from ..loading.state_dict import CheckpointError, StateDict, load_state_dict, read_json, strip_prefix
+from .model import CausalVideoVAE
+
+KEY_PREFIXES = ("vae.", "first_stage_model.")
+OFFICIAL_NORM_GROUPS = 32  # reference §1.4; GroupNorm weights do not tell the group count
+
+
+def check_dtype(dtype: torch.dtype) -> None:
+    if dtype == torch.float16:
+        raise ValueError(
+            "float16 is not supported for the Pyramid Flow VAE: the official code does not support it and its "
+            "activations overflow. Use torch.bfloat16 or torch.float32."
+        )
+    if not dtype.is_floating_point or dtype.itemsize < 2:
+        raise ValueError(f"dtype {dtype} is not supported for the VAE; use torch.bfloat16 or torch.float32.")
+
+
+def _indices(state_dict: StateDict, prefix: str) -> List[int]:
+    """The sorted N of every ``prefix<N>.`` key."""
+    found = {key[len(prefix) :].split(".", 1)[0] for key in state_dict if key.startswith(prefix)}
+    return sorted(int(n) for n in found if n.isdigit())
+
+
+def infer_config(state_dict: StateDict, path: str) -> Dict:
+    """The official config (reference §1.4) with every size that the tensor shapes reveal."""
+    sd = state_dict
+    try:
+        down, up = _indices(sd, "encoder.down_blocks."), _indices(sd, "decoder.up_blocks.")
+        enc, dec = [f"encoder.down_blocks.{i}." for i in down], [f"decoder.up_blocks.{i}." for i in up]
+        config = {
+            "encoder_in_channels": sd["encoder.conv_in.conv.weight"].shape[1],
+            "encoder_out_channels": sd["encoder.conv_out.conv.weight"].shape[0] // 2,
+            "encoder_block_out_channels": [sd[p + "resnets.0.conv1.conv.weight"].shape[0] for p in enc],
+            "encoder_layers_per_block": [len(_indices(sd, p + "resnets.")) for p in enc],
+            "encoder_down_block_types": ["DownEncoderBlockCausal3D"] * len(enc),
+            "encoder_spatial_down_sample": [p + "downsamplers.0.conv.conv.weight" in sd for p in enc],
+            "encoder_temporal_down_sample": [p + "temporal_downsamplers.0.conv.conv.weight" in sd for p in enc],
+            "decoder_in_channels": sd["decoder.conv_in.conv.weight"].shape[1],
+            "decoder_out_channels": sd["decoder.conv_out.conv.weight"].shape[0],
+            "decoder_block_out_channels": [sd[p + "resnets.0.conv1.conv.weight"].shape[0] for p in reversed(dec)],
+            "decoder_layers_per_block": [len(_indices(sd, p + "resnets.")) for p in dec],
+            "decoder_up_block_types": ["UpDecoderBlockCausal3D"] * len(dec),
+            "decoder_spatial_up_sample": [p + "upsamplers.0.conv.conv.weight" in sd for p in dec],
+            "decoder_temporal_up_sample": [p + "temporal_upsamplers.0.conv.conv.weight" in sd for p in dec],
+        }
+    except KeyError as err:
+        raise CheckpointError(
+            f"'{path}' looks like a Pyramid Flow VAE but lacks tensors needed to read its size ({err}). "
+            "The file is incomplete: download it again."
+        ) from err
+    channels = config["encoder_block_out_channels"] + config["decoder_block_out_channels"]
+    if any(c % OFFICIAL_NORM_GROUPS for c in channels):
+        raise CheckpointError(
+            f"'{path}' has block channels {channels}, which the official {OFFICIAL_NORM_GROUPS} GroupNorm groups do "
+            "not divide, and a single file does not record its group count: load the causal_video_vae folder "
+            "with its config.json instead."
+        )
+    config["encoder_norm_num_groups"] = config["decoder_norm_num_groups"] = OFFICIAL_NORM_GROUPS
+    return config
+
+
+def read_vae_state_dict(path: str):
+    """(state dict without wrapper prefix, config.json or None) of a VAE folder or file."""
+    state_dict = strip_prefix(load_state_dict(path), KEY_PREFIXES)
+    kind = identify_checkpoint(state_dict)
+    if kind in ("dit_sd3", "dit_miniflux"):
+        raise CheckpointError(
+            f"'{path}' is {describe(kind)}, not a VAE: load it with the DiT model loader (pyramid_flow.dit.load_dit) "
+            "and pick the causal_video_vae folder or pyramid_flow_vae_*.safetensors here."
+        )
+    if kind != "vae":
+        raise CheckpointError(
+            f"'{path}' is {describe(kind)}: no Pyramid Flow VAE keys found (expected 'encoder.conv_in.conv.weight' "
+            "or 'decoder.conv_in.conv.weight'). Use the causal_video_vae folder of rain1011/pyramid-flow-* or "
+            "Kijai/pyramid-flow-comfy's pyramid_flow_vae_*.safetensors."
+        )
+    config = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
+    return state_dict, config
+
+
+def load_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu", operations=None) -> CausalVideoVAE:
+    """Load the causal video VAE in eval mode, weights cast to ``dtype`` (bf16 or fp32) on ``device``.
+
+    path: an official ``causal_video_vae`` folder (config.json + safetensors or .bin) or a single safetensors
+    file with the official key names (optionally under ``vae.``); without config.json the official config is
+    used with the sizes read from the tensor shapes. GroupNorm weights are rounded to ``dtype`` and kept in
+    float32, where the norms compute (the official bf16 autocast does the same).
+    """
+    check_dtype(dtype)
+    state_dict, config = read_vae_state_dict(path)
+    config = config or infer_config(state_dict, path)
+    model = CausalVideoVAE(**config, dtype=dtype, device="meta", operations=operations)
+    storage = {key: tensor.dtype for key, tensor in model.state_dict().items()}
+    for key, tensor in state_dict.items():  # one tensor at a time: peak memory is the file plus one tensor
+        state_dict[key] = tensor.to(device=device, dtype=dtype).to(storage.get(key, dtype))
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"The weights in '{path}' do not fit the VAE described by its config ({err}). Check that config.json "
+            "belongs to these weights, or remove it to infer the config from the weights."
+        ) from err
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,338 @@
+"""The Pyramid Flow causal video VAE: encoder, decoder, chunked and tiled encode/decode (reference §3).
+
+Shapes: B batch, T pixel frames, H/W pixel height and width; latents are [B, 16, T', H/8, W/8] with
+T = 8 (T' - 1) + 1 (the first frame is compressed on its own, reference §3.1).
+"""
+
+from typing import Callable, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .layers import (
+    NORM_EPS,
+    CausalCache,
+    CausalConv3d,
+    CausalUNetMidBlock2D,
+    DownEncoderBlockCausal3D,
+    UpDecoderBlockCausal3D,
+    norm_silu,
+)
+from .tiling import TileAssembler, TileGrid, tile_grid
+
+Progress = Optional[Callable[[int, int], None]]  # callback(done, total)
+
+
+def halve(size: int) -> int:
+    """Output length of a 3-wide stride-2 conv padded by 1 (spatial) or causally by 2 (temporal)."""
+    return (size - 1) // 2 + 1
+
+
+class CausalVaeEncoder(nn.Module):
+    """conv_in -> down blocks -> mid block -> GroupNorm, SiLU -> conv_out (2 * latent channels: mean, logvar)."""
+
+    def __init__(self, in_channels: int, out_channels: int, block_out_channels: Sequence[int],
+                 layers_per_block: Sequence[int], spatial_down_sample: Sequence[bool],
+                 temporal_down_sample: Sequence[bool], norm_num_groups: int, dtype=None, device=None, operations=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.conv_in = CausalConv3d(in_channels, block_out_channels[0], 3, **kw)
+        self.down_blocks = nn.ModuleList(
+            [DownEncoderBlockCausal3D(block_out_channels[max(i - 1, 0)], channels, layers_per_block[i], norm_num_groups,
+                                      spatial_down_sample[i], temporal_down_sample[i], **kw)
+             for i, channels in enumerate(block_out_channels)]
+        )
+        self.mid_block = CausalUNetMidBlock2D(block_out_channels[-1], norm_num_groups, **kw)
+        self.conv_norm_out = operations.GroupNorm(norm_num_groups, block_out_channels[-1], eps=NORM_EPS,
+                                                  dtype=torch.float32, device=device)
+        self.conv_out = CausalConv3d(block_out_channels[-1], 2 * out_channels, 3, **kw)
+
+    def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
+        """x [B, 3, T, H, W] -> [B, 2 * latent, T', H/8, W/8]."""
+        x = self.conv_in(x, cache)
+        for block in self.down_blocks:
+            x = block(x, cache)
+        x = self.mid_block(x, cache)
+        return self.conv_out(norm_silu(self.conv_norm_out, x), cache)
+
+
+class CausalVaeDecoder(nn.Module):
+    """conv_in -> mid block -> up blocks (channels reversed) -> GroupNorm, SiLU -> conv_out."""
+
+    def __init__(self, in_channels: int, out_channels: int, block_out_channels: Sequence[int],
+                 layers_per_block: Sequence[int], spatial_up_sample: Sequence[bool], temporal_up_sample: Sequence[bool],
+                 norm_num_groups: int, dtype=None, device=None, operations=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        channels = list(reversed(block_out_channels))
+        self.conv_in = CausalConv3d(in_channels, channels[0], 3, **kw)
+        self.mid_block = CausalUNetMidBlock2D(channels[0], norm_num_groups, **kw)
+        self.up_blocks = nn.ModuleList(
+            [UpDecoderBlockCausal3D(channels[max(i - 1, 0)], out, layers_per_block[i], norm_num_groups,
+                                    spatial_up_sample[i], temporal_up_sample[i], **kw)
+             for i, out in enumerate(channels)]
+        )
+        self.conv_norm_out = operations.GroupNorm(norm_num_groups, channels[-1], eps=NORM_EPS, dtype=torch.float32,
+                                                  device=device)
+        self.conv_out = CausalConv3d(channels[-1], out_channels, 3, **kw)
+
+    def forward(self, z: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
+        """z [B, latent, T', h, w] -> [B, 3, 8 T' - 7, 8 h, 8 w] (8 T' on a later chunk)."""
+        x = self.mid_block(self.conv_in(z, cache), cache)
+        for block in self.up_blocks:
+            x = block(x, cache)
+        return self.conv_out(norm_silu(self.conv_norm_out, x), cache)
+
+
+def temporal_chunks(frames: int, window_size: int) -> List[slice]:
+    """The official chunking (reference §3.4): a first chunk of window_size + 1 frames, then window_size each
+    (the last one shorter). With 1 + 8k pixel frames and a window that is a multiple of 8, every chunk after the
+    first maps to window_size / 8 latent frames."""
+    bounds = [0, *range(window_size + 1, frames, window_size), frames]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def posterior_sample(moments: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A draw from the diagonal Gaussian posterior: mean + exp(logvar / 2) * noise, logvar clamped to [-30, 20].
+
+    moments [B, 2C, T, h, w] (mean ‖ logvar, as returned by encode); noise [B, C, T, h, w]."""
+    mean, logvar = moments.chunk(2, dim=1)
+    return mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
+
+
+class _Progress:
+    def __init__(self, callback: Progress, total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def track(self, pieces: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for piece in pieces:
+            self.done += 1
+            if self.callback is not None:
+                self.callback(self.done, self.total)
+            yield piece
+
+
+class CausalVideoVAE(nn.Module):
+    """The causal video VAE of Pyramid Flow: 8x spatial and 8x temporal compression, 16 latent channels.
+
+    The constructor takes the official ``config.json`` keys (other keys are ignored):
+
+    - encoder_in_channels (3), encoder_out_channels (16, latent channels), encoder_block_out_channels
+      ([128, 256, 512, 512]), encoder_layers_per_block ([2, 2, 2, 2]), encoder_spatial_down_sample and
+      encoder_temporal_down_sample ([T, T, T, F]), encoder_norm_num_groups (32);
+    - decoder_in_channels (16), decoder_out_channels (3), decoder_block_out_channels, decoder_layers_per_block
+      ([3, 3, 3, 3]), decoder_spatial_up_sample and decoder_temporal_up_sample ([T, T, T, F]),
+      decoder_norm_num_groups (32);
+    - downsample_scale (8): used by the tiling arithmetic, as in the official code;
+    - encoder/decoder block types must be the causal ones and ``interpolate`` False (the only ones that exist).
+    """
+
+    def __init__(
+        self,
+        encoder_in_channels: int = 3,
+        encoder_out_channels: int = 16,
+        encoder_layers_per_block: Sequence[int] = (2, 2, 2, 2),
+        encoder_down_block_types: Sequence[str] = ("DownEncoderBlockCausal3D",) * 4,
+        encoder_block_out_channels: Sequence[int] = (128, 256, 512, 512),
+        encoder_spatial_down_sample: Sequence[bool] = (True, True, True, False),
+        encoder_temporal_down_sample: Sequence[bool] = (True, True, True, False),
+        encoder_norm_num_groups: int = 32,
+        decoder_in_channels: int = 16,
+        decoder_out_channels: int = 3,
+        decoder_layers_per_block: Sequence[int] = (3, 3, 3, 3),
+        decoder_up_block_types: Sequence[str] = ("UpDecoderBlockCausal3D",) * 4,
+        decoder_block_out_channels: Sequence[int] = (128, 256, 512, 512),
+        decoder_spatial_up_sample: Sequence[bool] = (True, True, True, False),
+        decoder_temporal_up_sample: Sequence[bool] = (True, True, True, False),
+        decoder_norm_num_groups: int = 32,
+        interpolate: bool = False,
+        downsample_scale: int = 8,
+        dtype=None,
+        device=None,
+        operations=None,
+        **ignored,  # config.json keys without effect at inference (act fns, dropout, sample_size, scaling_factor, ...)
+    ):
+        super().__init__()
+        operations = operations or nn
+        _check_config("encoder", encoder_down_block_types, "DownEncoderBlockCausal3D", encoder_block_out_channels,
+                      encoder_norm_num_groups, encoder_layers_per_block, encoder_spatial_down_sample,
+                      encoder_temporal_down_sample)
+        _check_config("decoder", decoder_up_block_types, "UpDecoderBlockCausal3D", decoder_block_out_channels,
+                      decoder_norm_num_groups, decoder_layers_per_block, decoder_spatial_up_sample,
+                      decoder_temporal_up_sample)
+        if interpolate:
+            raise ValueError("interpolate=True upsampling is not implemented by the official VAE either; use False.")
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.encoder = CausalVaeEncoder(encoder_in_channels, encoder_out_channels, encoder_block_out_channels,
+                                        encoder_layers_per_block, encoder_spatial_down_sample,
+                                        encoder_temporal_down_sample, encoder_norm_num_groups, **kw)
+        self.decoder = CausalVaeDecoder(decoder_in_channels, decoder_out_channels, decoder_block_out_channels,
+                                        decoder_layers_per_block, decoder_spatial_up_sample, decoder_temporal_up_sample,
+                                        decoder_norm_num_groups, **kw)
+        latent2 = 2 * encoder_out_channels
+        self.quant_conv = CausalConv3d(latent2, latent2, 1, **kw)
+        self.post_quant_conv = CausalConv3d(encoder_out_channels, encoder_out_channels, 1, **kw)
+        self.latent_channels = encoder_out_channels
+        self.downsample_scale = downsample_scale
+        self.spatial_downs = sum(map(bool, encoder_spatial_down_sample))
+        self.temporal_downs = sum(map(bool, encoder_temporal_down_sample))
+        self.spatial_ups = sum(map(bool, decoder_spatial_up_sample))
+        self.temporal_ups = sum(map(bool, decoder_temporal_up_sample))
+
+    # --- sizes -------------------------------------------------------------------------------------------------
+
+    def encoded_size(self, pixels: int) -> int:
+        for _ in range(self.spatial_downs):
+            pixels = halve(pixels)
+        return pixels
+
+    def decoded_size(self, latents: int) -> int:
+        return latents << self.spatial_ups
+
+    def decoded_frames(self, latent_frames: int) -> int:
+        """8 T' - 7: each temporal upsample maps T -> 2T - 1."""
+        return ((latent_frames - 1) << self.temporal_ups) + 1
+
+    # --- streams of temporal chunks ----------------------------------------------------------------------------
+
+    def _stream(self, run, x: torch.Tensor, window_size: Optional[int]) -> Iterator[torch.Tensor]:
+        """run(piece, cache) over the temporal chunks of x with one causal cache, or once on all of x."""
+        if window_size is None:
+            yield run(x, None)
+            return
+        cache = CausalCache()
+        for frames in temporal_chunks(x.shape[2], window_size):
+            yield run(x[:, :, frames], cache)
+            cache.first_chunk = False
+
+    def _encode_stream(self, video: torch.Tensor, window_size: Optional[int]) -> Iterator[torch.Tensor]:
+        return self._stream(lambda x, cache: self.quant_conv(self.encoder(x, cache), cache), video, window_size)
+
+    def _decode_stream(self, latent: torch.Tensor, window_size: Optional[int]) -> Iterator[torch.Tensor]:
+        return self._stream(lambda z, cache: self.decoder(self.post_quant_conv(z, cache), cache), latent, window_size)
+
+    # --- encode ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, temporal_chunk: bool = False, window_size: int = 16,
+               tile_sample_min_size: Optional[int] = None, tile_overlap: float = 0.25) -> torch.Tensor:
+        """video [B, 3, T, H, W] in [-1, 1] -> moments [B, 2 * latent, T', H/8, W/8] (mean ‖ logvar, unclamped).
+
+        temporal_chunk: encode window_size frames at a time after a first chunk of window_size + 1 (same result
+        up to float rounding, less memory). tile_sample_min_size: None for no spatial tiling; otherwise tiles of
+        that many pixels when H or W exceeds it (official default 256; changes the result, reference §3.5).
+        """
+        if video.dim() != 5:
+            raise ValueError(f"video must be [B, 3, T, H, W]; got shape {tuple(video.shape)}.")
+        window = self._window(temporal_chunk, window_size)
+        if window is not None and (video.shape[2] - 1) % (1 << self.temporal_downs):
+            raise ValueError(f"Chunked encode needs 1 + {1 << self.temporal_downs}k frames; got {video.shape[2]}.")
+        grid = None
+        if tile_sample_min_size is not None:
+            tile_latent = int(tile_sample_min_size / self.downsample_scale)
+            grid = tile_grid(*video.shape[3:], tile_sample_min_size, tile_latent, tile_overlap, self.encoded_size)
+        if grid is None:
+            return _cat_frames(self._encode_stream(video, window))
+        assembler = TileAssembler(grid)
+        for i, j, tile in grid.tiles(video):
+            assembler.add(i, j, _cat_frames(self._encode_stream(tile, window)))
+        return assembler.output
+
+    # --- decode ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, temporal_chunk: bool = False, window_size: int = 2,
+               tile_sample_min_size: Optional[int] = None, tile_overlap: float = 0.25,
+               callback: Progress = None) -> torch.Tensor:
+        """latent [B, 16, T', h, w] -> video [B, 3, 8 T' - 7, 8 h, 8 w], nominally in [-1, 1] (not clamped).
+
+        temporal_chunk / window_size: decode window_size latent frames at a time after a first chunk of
+        window_size + 1, carrying the causal cache (same result up to float rounding). tile_sample_min_size:
+        None for no spatial tiling; otherwise tiles of that many pixels when 8h or 8w exceeds it (official
+        save_memory: 256 with window 1; 512 with window 2). callback(done, total) runs after each decoded
+        piece (one temporal chunk of one tile) and may raise to interrupt.
+        """
+        window, grid = self._decode_plan(latent, temporal_chunk, window_size, tile_sample_min_size, tile_overlap)
+        progress = _Progress(callback, self._piece_count(latent, window, grid))
+        frames = self.decoded_frames(latent.shape[2])
+        if grid is None:
+            return _gather_frames(progress.track(self._decode_stream(latent, window)), frames)
+        # Tile by tile over all frames (the official order): one tile's cache and frames live at a time.
+        assembler = TileAssembler(grid)
+        for i, j, tile in grid.tiles(latent):
+            assembler.add(i, j, _gather_frames(progress.track(self._decode_stream(tile, window)), frames))
+        return assembler.output
+
+    @torch.no_grad()
+    def iter_decode(self, latent: torch.Tensor, window_size: int = 2, tile_sample_min_size: Optional[int] = None,
+                    tile_overlap: float = 0.25, callback: Progress = None) -> Iterator[torch.Tensor]:
+        """Decode chunk by chunk, yielding video pieces [B, 3, n, 8 h, 8 w] in frame order.
+
+        The pieces, concatenated, equal ``decode(latent, temporal_chunk=True, window_size=...,
+        tile_sample_min_size=..., tile_overlap=...)``. With tiling every tile keeps its own cache between
+        pieces, so memory holds all tiles' caches at once (more than decode(), which goes tile by tile).
+        """
+        window, grid = self._decode_plan(latent, True, window_size, tile_sample_min_size, tile_overlap)
+        progress = _Progress(callback, self._piece_count(latent, window, grid))
+        if grid is None:
+            yield from progress.track(self._decode_stream(latent, window))
+            return
+        streams = [(i, j, progress.track(self._decode_stream(tile, window))) for i, j, tile in grid.tiles(latent)]
+        for _ in temporal_chunks(latent.shape[2], window):
+            assembler = TileAssembler(grid)
+            for i, j, stream in streams:
+                assembler.add(i, j, next(stream))
+            yield assembler.output
+
+    def _decode_plan(self, latent, temporal_chunk, window_size, tile_sample_min_size, tile_overlap):
+        if latent.dim() != 5 or latent.shape[1] != self.latent_channels:
+            raise ValueError(f"latent must be [B, {self.latent_channels}, T, h, w]; got shape {tuple(latent.shape)}.")
+        grid = None
+        if tile_sample_min_size is not None:
+            tile_latent = int(tile_sample_min_size / self.downsample_scale)
+            grid = tile_grid(*latent.shape[3:], tile_latent, tile_sample_min_size, tile_overlap, self.decoded_size)
+        return self._window(temporal_chunk, window_size), grid
+
+    @staticmethod
+    def _window(temporal_chunk: bool, window_size: int) -> Optional[int]:
+        if not temporal_chunk:
+            return None
+        if window_size < 1:
+            raise ValueError(f"window_size {window_size} must be at least 1.")
+        return window_size
+
+    @staticmethod
+    def _piece_count(latent: torch.Tensor, window: Optional[int], grid: Optional[TileGrid]) -> int:
+        chunks = 1 if window is None else len(temporal_chunks(latent.shape[2], window))
+        return chunks * (1 if grid is None else grid.count)
+
+
+def _cat_frames(pieces: Iterator[torch.Tensor]) -> torch.Tensor:
+    pieces = list(pieces)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+
+def _gather_frames(pieces: Iterator[torch.Tensor], frames: int) -> torch.Tensor:
+    """Write the pieces [B, C, n, H, W] one after the other into one [B, C, frames, H, W] tensor, allocated once
+    (a list plus torch.cat would hold every frame twice)."""
+    out, start = None, 0
+    for piece in pieces:
+        if out is None:
+            if piece.shape[2] == frames:
+                return piece
+            out = piece.new_empty(*piece.shape[:2], frames, *piece.shape[3:])
+        out[:, :, start : start + piece.shape[2]] = piece
+        start += piece.shape[2]
+    return out
+
+
+def _check_config(part: str, block_types, expected_type: str, channels, groups, layers, spatial, temporal) -> None:
+    if any(t != expected_type for t in block_types):
+        raise ValueError(f"{part} block types {list(block_types)} are not supported; the VAE uses {expected_type}.")
+    lengths = {len(block_types), len(channels), len(layers), len(spatial), len(temporal)}
+    if len(lengths) != 1:
+        raise ValueError(f"{part}: block types, channels, layers and up/down flags must have the same length; "
+                         f"got {len(block_types)}, {len(channels)}, {len(layers)}, {len(spatial)}, {len(temporal)}.")
+    for c in channels:
+        if c % groups:
+            raise ValueError(f"{part}: {c} channels cannot be split into {groups} GroupNorm groups.")
