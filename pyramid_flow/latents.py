@@ -60,6 +60,17 @@ def check_resolution(width: int, height: int) -> None:
             )
 
 
+def check_temp(temp: int, checkpoint: Optional[str]) -> None:
+    """Raise for a frame count the checkpoint cannot produce at all."""
+    if temp < 1:
+        raise ValueError(f"temp (latent frames) must be at least 1, got {temp}")
+    if checkpoint == "image" and temp > 1:
+        raise ValueError(
+            "The image DiT (diffusion_transformer_image) makes single images: use temp=1, or load "
+            "diffusion_transformer_384p / diffusion_transformer_768p for video."
+        )
+
+
 def resolution_warning(width: int, height: int, temp: int, checkpoint: Optional[str]) -> Optional[str]:
     """A message when the size or length is outside what ``checkpoint`` ('384p', '768p', 'image') was trained on."""
     if checkpoint not in TRAINED_RESOLUTIONS:
