@@ -64,3 +64,12 @@ def test_cli_rejects_a_bad_resolution_before_loading(tmp_path, monkeypatch):
 def test_cli_explicit_model_folder_that_is_missing_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="incomplete. Missing"):
         cli.main(["x", "--model", str(tmp_path / "nothing"), "--temp", "1", "--output", str(tmp_path / "x.mp4")])
+
+
+def test_image_dit_asked_for_video_fails_before_any_work(tmp_path, monkeypatch):
+    root = build_tiny_checkpoint(str(tmp_path / "img"), "miniflux", dit_folder="diffusion_transformer_image")
+    pipe = PyramidFlowPipeline.from_pretrained(root)
+    assert pipe.checkpoint == "image"
+    monkeypatch.setattr(pipe, "encode_prompt", lambda *a, **k: pytest.fail("text encoded before the request was checked"))
+    with pytest.raises(ValueError, match="image DiT"):
+        pipe.generate("a cat", height=128, width=128, temp=4)

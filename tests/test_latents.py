@@ -46,3 +46,12 @@ def test_uint8_conversion_truncates():
     frames = latent_utils.to_uint8(video)
     assert frames.shape == (6, 1, 1, 3)
     assert frames[:, 0, 0, 0].tolist() == [0, 0, 127, 191, 254, 255]
+
+
+def test_image_checkpoint_refuses_video_lengths():
+    latent_utils.check_temp(1, "image")
+    latent_utils.check_temp(31, "768p")
+    with pytest.raises(ValueError, match="image DiT"):
+        latent_utils.check_temp(2, "image")
+    with pytest.raises(ValueError, match="at least 1"):
+        latent_utils.check_temp(0, "384p")

@@ -1,5 +1,7 @@
 """The pyramid schedule against the official scheduler's tables (bit-exact, float64)."""
 
+import re
+
 import pytest
 import torch
 
@@ -49,16 +51,25 @@ def test_tables_are_bit_exact(case):
             assert grid.timesteps.tolist() == entry["timesteps"]
 
 
+def _euler_demo_call(description: str):
+    """(steps, stage, seed) from e.g. 'set_timesteps(3, stage=1); x0 = ... (randn seed 7, first draw); ...'."""
+    steps, stage = re.search(r"set_timesteps\((\d+), stage=(\d+)\)", description).groups()
+    seed = re.search(r"randn seed (\d+)", description).group(1)
+    return int(steps), int(stage), int(seed)
+
+
 @pytest.mark.parametrize("case", case_params("scheduler"))
 def test_euler_steps(case):
-    """The demo: x0 = randn (seed 7) of the velocity's shape; 3 steps of stage 1 with a fixed velocity."""
+    """The demo: x0 = randn(seed) of the velocity's shape, then Euler steps of one stage with a fixed velocity."""
     case = require_case(case)
     recorded = tensors(case["file"])
-    for _, scheduler, prefix in _schedulers(case):
+    for config, scheduler, prefix in _schedulers(case):
+        steps, stage, seed = _euler_demo_call(config["euler_demo"])
         velocity = recorded[f"{prefix}/euler_demo/velocity"]
         expected = recorded[f"{prefix}/euler_demo/x_after_each_step"]
-        sample = torch.randn(velocity.shape, generator=torch.Generator().manual_seed(7))
-        grid = scheduler.stage_grid(expected.shape[0], 1)
+        assert expected.shape[0] == steps
+        sample = torch.randn(velocity.shape, generator=torch.Generator().manual_seed(seed))
+        grid = scheduler.stage_grid(steps, stage)
         for k in range(expected.shape[0]):
             sample = scheduler.step(velocity, sample, grid.sigmas[k], grid.sigmas[k + 1])
             assert torch.equal(sample, expected[k])

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from ..loading.detect import describe, identify_checkpoint
-from ..loading.state_dict import CheckpointError, StateDict, load_state_dict, read_json, strip_prefix
+from ..loading.state_dict import CheckpointError, StateDict, assign_weights, load_state_dict, read_json, strip_prefix
 from .base import PyramidDiT
 from .flux import FLUX_ROPE_AXES, PyramidFluxDiT
 from .mmdit import PyramidMMDiT
@@ -158,14 +158,7 @@ def build(variant: str, config: Dict, state_dict: StateDict, path: str, dtype, d
     if variant == "sd3" and "pos_embed.pos_embed" not in state_dict:
         state_dict["pos_embed.pos_embed"] = model.pos_embed.sincos_table()
     cast_(state_dict, dtype, device)
-    try:
-        model.load_state_dict(state_dict, strict=True, assign=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"The weights in '{path}' do not fit the {variant} DiT described by its config ({err}). "
-            "Check that config.json belongs to these weights, or remove it to infer the config from the weights."
-        ) from err
-    return model.eval().requires_grad_(False)
+    return assign_weights(model, state_dict, path, f"{variant} DiT")
 
 
 def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu", operations=None) -> Tuple[PyramidDiT, DiTInfo]:

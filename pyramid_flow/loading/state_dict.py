@@ -82,6 +82,19 @@ def load_state_dict(path: str, device: str = "cpu") -> StateDict:
     return _load_safetensors(path, device)
 
 
+def assign_weights(model: torch.nn.Module, state_dict: StateDict, path: str, what: str) -> torch.nn.Module:
+    """Load ``state_dict`` into a model built on ``meta`` (tensors assigned, not copied); strict, so a mismatch
+    between the weights and the config is reported. Returns the model in eval mode without gradients."""
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"The weights in '{path}' do not fit the {what} described by its config ({err}). Check that config.json "
+            "belongs to these weights, or remove it to infer the config from the weights."
+        ) from err
+    return model.eval().requires_grad_(False)
+
+
 def strip_prefix(state_dict: StateDict, prefixes: Iterable[str]) -> StateDict:
     """Drop a common key prefix (``model.``, ``diffusion_model.``, ``vae.``) if every key carries it."""
     for prefix in prefixes:

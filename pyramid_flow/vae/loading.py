@@ -11,7 +11,7 @@ from typing import Dict, List
 import torch
 
 from ..loading.detect import describe, identify_checkpoint
-from ..loading.state_dict import CheckpointError, StateDict, load_state_dict, read_json, strip_prefix
+from ..loading.state_dict import CheckpointError, StateDict, assign_weights, load_state_dict, read_json, strip_prefix
 from .model import CausalVideoVAE
 
 KEY_PREFIXES = ("vae.", "first_stage_model.")
@@ -106,11 +106,4 @@ def load_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu", operat
     storage = {key: tensor.dtype for key, tensor in model.state_dict().items()}
     for key, tensor in state_dict.items():  # one tensor at a time: peak memory is the file plus one tensor
         state_dict[key] = tensor.to(device=device, dtype=dtype).to(storage.get(key, dtype))
-    try:
-        model.load_state_dict(state_dict, strict=True, assign=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"The weights in '{path}' do not fit the VAE described by its config ({err}). Check that config.json "
-            "belongs to these weights, or remove it to infer the config from the weights."
-        ) from err
-    return model.eval().requires_grad_(False)
+    return assign_weights(model, state_dict, path, "VAE")
