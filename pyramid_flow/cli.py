@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from . import latents as latent_utils
-from .noise import NoiseSource, OfficialNoise
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, PyramidFlowPipeline
 from .video_io import write_mp4, write_pngs
 
@@ -88,9 +87,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     folder, tiny = resolve_model(args)
     dtype = DTYPES[args.dtype] if args.dtype else None
     pipe = PyramidFlowPipeline.from_pretrained(folder, dit_folder=PRESETS[args.resolution][2], device=device, dtype=dtype)
-    noise = OfficialNoise(args.seed, device) if args.noise == "official" else NoiseSource(args.seed)
     progress = _progress_bar()
-    common = dict(negative_prompt=args.negative, noise=noise, save_memory=not args.no_save_memory, callback=progress)
+    common = dict(negative_prompt=args.negative, seed=args.seed, noise=args.noise, save_memory=not args.no_save_memory, callback=progress)
     if args.image:
         frames = pipe.generate_i2v(Image.open(args.image), args.prompt, temp=temp, num_inference_steps=args.video_steps,
                                    guidance_scale=args.guidance, video_guidance_scale=args.video_guidance,

@@ -9,7 +9,7 @@ from . import latents as latent_utils
 from .dit import load_dit
 from .image import ImageLike, image_to_vae_input, resize_to, to_pil
 from .loading.state_dict import CheckpointError
-from .noise import NoiseSource
+from .noise import NoiseSource, OfficialNoise
 from .sampler import StepCallback, draw_latent_noise, sample_i2v, sample_t2v
 from .scheduler import PyramidFlowScheduler
 from .text import PyramidTextEncoder, TextEmbeddings
@@ -115,7 +115,15 @@ class PyramidFlowPipeline:
         latent_utils.warn_resolution(width, height, temp, self.checkpoint)
 
     def _noise(self, seed: Optional[int], noise):
-        return noise if noise is not None else NoiseSource(0 if seed is None else seed, gamma=self.scheduler.gamma)
+        """A noise source: ``noise`` itself, or for ``seed`` the default source / ``noise='official'``."""
+        if noise is not None and not isinstance(noise, str):
+            return noise
+        seed = 0 if seed is None else seed
+        if noise == "official":
+            return OfficialNoise(seed, self.device, gamma=self.scheduler.gamma)
+        if noise in (None, "default"):
+            return NoiseSource(seed, gamma=self.scheduler.gamma)
+        raise ValueError(f"noise must be 'default', 'official' or a noise source, got '{noise}'")
 
     def generate(
         self,

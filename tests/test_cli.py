@@ -73,3 +73,13 @@ def test_image_dit_asked_for_video_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(pipe, "encode_prompt", lambda *a, **k: pytest.fail("text encoded before the request was checked"))
     with pytest.raises(ValueError, match="image DiT"):
         pipe.generate("a cat", height=128, width=128, temp=4)
+
+
+def test_official_noise_mode_is_selectable_by_name(tiny_root):
+    pipe = PyramidFlowPipeline.from_pretrained(tiny_root)
+    kwargs = dict(height=64, width=64, temp=2, num_inference_steps=1, video_num_inference_steps=1, seed=7, output_type="latent")
+    official = pipe.generate("a cat", noise="official", **kwargs)
+    assert torch.equal(official, pipe.generate("a cat", noise="official", **kwargs))
+    assert not torch.equal(official, pipe.generate("a cat", **kwargs))  # the default source draws another stream
+    with pytest.raises(ValueError, match="noise must be"):
+        pipe.generate("a cat", noise="philox", **kwargs)
