@@ -1,0 +1,198 @@
+"""Model files and model management: folders, name lists, optional downloads, ModelPatcher wrappers.
+
+All weights reach the GPU only through ``comfy.model_management.load_models_gpu``; nothing here calls
+``.to(device)`` on a model.
+"""
+
+import logging
+import os
+from typing import List, Optional
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.utils
+import folder_paths
+
+from ..pyramid_flow.loading.state_dict import WEIGHT_FILE_NAMES
+from .common import HF_DIT_FOLDERS, HF_REPOS, VAE_FOLDER
+
+log = logging.getLogger("pyramid_flow")
+
+PYRAMIDFLOW_FOLDER = "pyramidflow"  # models/pyramidflow/<repo>/<component>/ (official Hugging Face layout)
+TEXT_FOLDERS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+FP8_DTYPES = {"fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None), "fp8_e5m2": getattr(torch, "float8_e5m2", None)}
+
+
+def register_folders() -> None:
+    """Add models/pyramidflow to ComfyUI's folder registry (extra_model_paths.yaml may add more roots)."""
+    default = os.path.join(folder_paths.models_dir, PYRAMIDFLOW_FOLDER)
+    if default not in folder_paths.folder_names_and_paths.get(PYRAMIDFLOW_FOLDER, ([], set()))[0]:
+        folder_paths.add_model_folder_path(PYRAMIDFLOW_FOLDER, default, is_default=True)
+
+
+def pyramidflow_roots() -> List[str]:
+    return [p for p in folder_paths.get_folder_paths(PYRAMIDFLOW_FOLDER) if os.path.isdir(p)]
+
+
+def _has_weights(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHT_FILE_NAMES)
+
+
+def _repo_entries(component_filter) -> List[str]:
+    """'<repo>/<component>' for every component folder with weights under models/pyramidflow/<repo>/."""
+    found = set()
+    for root in pyramidflow_roots():
+        for repo in sorted(os.listdir(root)):
+            repo_dir = os.path.join(root, repo)
+            if not os.path.isdir(repo_dir):
+                continue
+            for component in sorted(os.listdir(repo_dir)):
+                path = os.path.join(repo_dir, component)
+                if component_filter(component) and os.path.isdir(path) and _has_weights(path):
+                    found.add(f"{repo}/{component}")
+    return sorted(found)
+
+
+def _files(folder: str) -> List[str]:
+    try:
+        return [name.replace(os.sep, "/") for name in folder_paths.get_filename_list(folder)]
+    except KeyError:
+        return []
+
+
+def _with_downloadable(entries: List[str], downloadable: List[str]) -> List[str]:
+    return entries + [name for name in downloadable if name not in entries]
+
+
+def dit_choices() -> List[str]:
+    folders = _repo_entries(lambda name: name.startswith("diffusion_transformer"))
+    known = [f"{repo}/{sub}" for repo, subs in HF_DIT_FOLDERS.items() for sub in subs]
+    return _with_downloadable(folders, known) + _files("diffusion_models")
+
+
+def vae_choices() -> List[str]:
+    folders = _repo_entries(lambda name: name == VAE_FOLDER)
+    return _with_downloadable(folders, [f"{repo}/{VAE_FOLDER}" for repo in HF_REPOS]) + _files("vae")
+
+
+def text_encoder_choices() -> List[str]:
+    found = set()
+    for root in pyramidflow_roots():
+        for repo in sorted(os.listdir(root)):
+            if all(os.path.isdir(os.path.join(root, repo, sub)) for sub in TEXT_FOLDERS):
+                found.add(repo)
+    return _with_downloadable(sorted(found), list(HF_REPOS))
+
+
+def _find_repo_path(name: str) -> Optional[str]:
+    for root in pyramidflow_roots():
+        path = os.path.join(root, *name.split("/"))
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def resolve(name: str, file_folder: Optional[str], download: bool, allow_patterns: List[str], what: str,
+            require_weights: bool = True) -> str:
+    """Folder under models/pyramidflow/ or file under models/<file_folder>/; downloads known repos on request."""
+    path = _find_repo_path(name)
+    if path is not None and (not require_weights or _has_weights(path)):
+        return path
+    if file_folder is not None:
+        full = folder_paths.get_full_path(file_folder, name)
+        if full is not None:
+            return full
+    repo = name.split("/")[0]
+    if repo in HF_REPOS and download:
+        return download_repo_files(repo, allow_patterns, name)
+    where = f"models/{PYRAMIDFLOW_FOLDER}/{name}/" + (f" or models/{file_folder}/{name}" if file_folder else "")
+    hint = (f" Turn on 'download_if_missing' to fetch it from https://huggingface.co/{HF_REPOS[repo]}, or download"
+            " that folder yourself." if repo in HF_REPOS else "")
+    raise FileNotFoundError(f"Pyramid Flow {what} '{name}' not found: expected {where}.{hint}")
+
+
+def download_repo_files(repo: str, allow_patterns: List[str], name: str) -> str:
+    """Download the matching files of a known repo into models/pyramidflow/<repo>/ with a progress bar."""
+    import fnmatch
+
+    from huggingface_hub import HfApi, hf_hub_download  # imported only when a download was asked for
+
+    repo_id = HF_REPOS[repo]
+    target = os.path.join(folder_paths.get_folder_paths(PYRAMIDFLOW_FOLDER)[0], repo)
+    files = [f for f in HfApi().list_repo_files(repo_id) if any(fnmatch.fnmatch(f, p) for p in allow_patterns)]
+    if not files:
+        raise FileNotFoundError(f"Nothing matching {allow_patterns} in https://huggingface.co/{repo_id}.")
+    log.info("Pyramid Flow: downloading %d files of %s into %s", len(files), repo_id, target)
+    pbar = comfy.utils.ProgressBar(len(files))
+    for i, filename in enumerate(files):
+        hf_hub_download(repo_id, filename, local_dir=target)
+        pbar.update_absolute(i + 1, len(files))
+    return os.path.join(target, *name.split("/")[1:]) if "/" in name else target
+
+
+def patcher_class():
+    """CoreModelPatcher where it exists (rebound to the DynamicVRAM patcher on 2026 ComfyUI), else ModelPatcher."""
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
+def make_patcher(module: torch.nn.Module, load_device, offload_device):
+    return patcher_class()(module, load_device=load_device, offload_device=offload_device)
+
+
+def dit_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype):
+    """comfy.ops namespace: plain no-init layers when storage = compute dtype, casting layers otherwise (fp8)."""
+    if weight_dtype == compute_dtype:
+        return comfy.ops.disable_weight_init
+    return comfy.ops.manual_cast
+
+
+def free_after_interrupt() -> None:
+    """Give cached allocator memory back after an interrupted or failed run (models stay managed by ComfyUI)."""
+    mm.soft_empty_cache()
+
+
+class PyramidFlowDiTModel(torch.nn.Module):
+    """What the model patcher manages: the DiT plus its identity (variant, checkpoint kind, dtypes)."""
+
+    def __init__(self, dit: torch.nn.Module, info, checkpoint: Optional[str], weight_dtype, compute_dtype):
+        super().__init__()
+        self.diffusion_model = dit
+        self.info = info
+        self.variant_name = info.variant
+        self.checkpoint = checkpoint
+        self.weight_dtype = weight_dtype
+        self.compute_dtype = compute_dtype
+
+    def get_dtype(self):
+        return self.weight_dtype
+
+    def forward(self, *args, **kwargs):
+        return self.diffusion_model(*args, **kwargs)
+
+
+class PyramidFlowVAEModel(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module, dtype):
+        super().__init__()
+        self.vae = vae
+        self.dtype_ = dtype
+
+    def get_dtype(self):
+        return self.dtype_
+
+
+class PyramidFlowTextModel(torch.nn.Module):
+    """The official transformers text encoders (a PyramidTextEncoder module) for the patcher."""
+
+    def __init__(self, encoder: torch.nn.Module, dtype, variant_name: str):
+        super().__init__()
+        self.encoder = encoder
+        self.dtype_ = dtype
+        self.variant_name = variant_name
+
+    def get_dtype(self):
+        return self.dtype_

@@ -1,0 +1,246 @@
+"""Shared machinery of the integration lane: a real ComfyUI 0.3.75 (built by .ci/setup_comfyui.py), a test base
+directory with tiny checkpoints, a server process and a small HTTP client.
+
+Missing prerequisites skip locally and FAIL under CI=true.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PACK_DIR_NAME = "pyramid-flow-video"
+TESTING_PACK_NAME = "pyramid_flow_testing"
+ARTIFACTS = os.environ.get("PYRAMID_FLOW_ARTIFACTS", os.path.join(REPO_ROOT, "artifacts"))
+
+# Tiny random text encoders with ComfyUI's vocabularies, so ComfyUI's own tokenizers and CLIP classes run on them.
+# Dimensions fit the tiny golden DiTs: T5 d_model 32 = joint_attention_dim; miniFLUX pooled = CLIP-L hidden 32;
+# SD3 pooled 80 = CLIP-L projection 32 + CLIP-G projection 48. CLIP-G keeps 32 layers because ComfyUI tells
+# CLIP-G from CLIP-L by the presence of layer 30; CLIP-L needs 3 layers for SD3's penultimate-layer option.
+TINY_TEXT_ENCODERS = {
+    "clip_l.safetensors": ("clip_l", {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                                      "num_hidden_layers": 3, "projection_dim": 32, "hidden_act": "quick_gelu"}),
+    "clip_g.safetensors": ("clip_g", {"hidden_size": 48, "intermediate_size": 96, "num_attention_heads": 3,
+                                      "num_hidden_layers": 32, "projection_dim": 48, "hidden_act": "gelu"}),
+    "t5xxl_fp16.safetensors": ("t5xxl", {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_heads": 4, "num_layers": 2}),
+}
+
+
+def require(condition: bool, message: str) -> None:
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"integration prerequisite missing: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def comfyui_root() -> str:
+    root = os.environ.get("COMFYUI_ROOT", os.path.join(REPO_ROOT, ".cache", "comfyui", "ComfyUI"))
+    require(os.path.isfile(os.path.join(root, "main.py")),
+            f"no ComfyUI at {root}: run `.venv/bin/python .ci/setup_comfyui.py` (or set COMFYUI_ROOT)")
+    return root
+
+
+def golden_checkpoints() -> str:
+    root = os.path.abspath(os.environ.get("PYRAMID_FLOW_GOLDEN", os.path.join(REPO_ROOT, "..", "shared", "golden")))
+    path = os.path.join(root, "checkpoints")
+    require(os.path.isdir(os.path.join(path, "miniflux")), f"tiny checkpoints not found at {path}")
+    return path
+
+
+def import_comfy():
+    """Make ComfyUI importable in this process on CPU (real modules, no server)."""
+    root = comfyui_root()
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.model_management  # noqa: F401  (initialises devices with --cpu)
+
+    return root
+
+
+def tiny_text_encoder_state(file_name: str, seed: int = 0):
+    """Random HF-initialised weights of one tiny text encoder, keyed like the real single files."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    model_name, config = TINY_TEXT_ENCODERS[file_name]
+    torch.manual_seed(seed + len(file_name))
+    if model_name == "t5xxl":
+        model = T5EncoderModel(T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", **config))
+    else:
+        model = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77,
+                                                           eos_token_id=49407, **config))
+    skip = ("position_ids", "encoder.embed_tokens.weight")  # buffers / the tied copy of shared.weight
+    return {k: v.clone().contiguous() for k, v in model.state_dict().items() if not k.endswith(skip)}
+
+
+def write_tiny_text_encoders(folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for file_name, (model_name, config) in TINY_TEXT_ENCODERS.items():
+        path = os.path.join(folder, file_name)
+        if not os.path.isfile(path):
+            save_file(tiny_text_encoder_state(file_name), path)
+            with open(path + ".json", "w", encoding="utf-8") as f:
+                json.dump({"model_name": model_name, "config": config}, f)
+
+
+def _link_repo(golden: str, variant: str, target: str) -> None:
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(os.path.join(golden, variant)):
+        link = os.path.join(target, name)
+        if not os.path.lexists(link):
+            os.symlink(os.path.join(golden, variant, name), link)
+    link_768 = os.path.join(target, "diffusion_transformer_768p")  # the tiny 384p DiT stands in for 768p
+    if not os.path.lexists(link_768):
+        os.symlink(os.path.join(golden, variant, "diffusion_transformer_384p"), link_768)
+
+
+def build_base_dir(base: str) -> str:
+    """A ComfyUI --base-directory: the pack and the testing pack linked into custom_nodes, tiny models."""
+    golden = golden_checkpoints()
+    for sub in ("custom_nodes", "models", "input", "output", "user", "temp"):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    for name, source in ((PACK_DIR_NAME, REPO_ROOT), (TESTING_PACK_NAME, os.path.join(HERE, "testing_pack"))):
+        link = os.path.join(base, "custom_nodes", name)
+        if not os.path.lexists(link):
+            os.symlink(source, link)
+    models = os.path.join(base, "models")
+    _link_repo(golden, "miniflux", os.path.join(models, "pyramidflow", "pyramid-flow-miniflux"))
+    _link_repo(golden, "sd3", os.path.join(models, "pyramidflow", "pyramid-flow-sd3"))
+    write_tiny_text_encoders(os.path.join(models, "text_encoders"))
+    wrong = os.path.join(models, "diffusion_models", "not_a_pyramid_dit.safetensors")
+    os.makedirs(os.path.dirname(wrong), exist_ok=True)
+    if not os.path.isfile(wrong):
+        shutil.copy(os.path.join(golden, "miniflux", "causal_video_vae", "diffusion_pytorch_model.safetensors"), wrong)
+    image = os.path.join(golden, "..", "cases", "miniflux_i2v_input.png")
+    if os.path.isfile(image):
+        shutil.copy(image, os.path.join(base, "input", "pyramid_flow_example.png"))
+    return base
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """A real ComfyUI server process on CPU, driven over HTTP."""
+
+    def __init__(self, base: str, extra_args=()):
+        self.root = comfyui_root()
+        self.base = base
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(base, "server.log")
+        self.client_id = uuid.uuid4().hex
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", base, "--disable-auto-launch", "--preview-method", "latent2rgb",
+               "--database-url", "sqlite:///:memory:", *extra_args]
+        self.log = open(self.log_path, "w", encoding="utf-8")
+        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.read_log()[-5000:]}")
+            try:
+                self.get("/system_stats")
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.read_log()[-5000:]}")
+
+    def read_log(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def request(self, method: str, path: str, body=None, timeout: float = 60):
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw[:1] in (b"{", b"[") else raw)
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            return err.code, (json.loads(raw) if raw[:1] in (b"{", b"[") else raw)
+
+    def get(self, path: str):
+        status, body = self.request("GET", path)
+        if status != 200:
+            raise AssertionError(f"GET {path} -> {status}: {body}")
+        return body
+
+    def queue(self, prompt: dict):
+        """POST /prompt; returns (status, body)."""
+        return self.request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
+
+    def run(self, prompt: dict, timeout: float = 600) -> dict:
+        """Queue and wait; returns the /history entry (status may be success or error)."""
+        status, body = self.queue(prompt)
+        assert status == 200, f"prompt rejected ({status}): {json.dumps(body)[:3000]}"
+        return self.wait(body["prompt_id"], timeout)
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI died:\n{self.read_log()[-5000:]}")
+            time.sleep(0.3)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.read_log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def error_message(entry: dict) -> str:
+    """The execution_error text of a failed /history entry."""
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return f"{data.get('exception_type')}: {data.get('exception_message')}"
+    return ""
+
+
+def output_files(entry: dict, base: str):
+    """Paths of every file the prompt's output nodes report (images/videos/tensors)."""
+    paths = []
+    for outputs in entry.get("outputs", {}).values():
+        for items in outputs.values():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, dict) and "filename" in item:
+                    paths.append(os.path.join(base, "output", item.get("subfolder", ""), item["filename"]))
+    return paths

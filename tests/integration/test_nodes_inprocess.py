@@ -1,0 +1,298 @@
+"""The nodes against real ComfyUI modules in this process (no server): CLIP objects, ModelPatcher, model
+management, partial loading."""
+
+import os
+
+import pytest
+import torch
+
+import harness
+from prompts import NEGATIVE, PROMPT, TINY
+
+
+@pytest.fixture(scope="module")
+def comfy_env(base_dir):
+    harness.import_comfy()
+    import folder_paths
+
+    from pack_loader import load_pack
+
+    pack = load_pack()  # registers models/pyramidflow of the ComfyUI root; the test base dir goes first
+    models = os.path.join(base_dir, "models")
+    for name in ("pyramidflow", "text_encoders", "vae", "diffusion_models"):
+        folder_paths.add_model_folder_path(name, os.path.join(models, name), is_default=True)
+    return pack
+
+
+def tiny_clip(kind: str, dtype=None):
+    """The same tiny CLIP object the server's test loaders build (testing_pack.build_tiny_clip)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pyramid_flow_testing_pack",
+                                                  os.path.join(harness.HERE, "testing_pack", "__init__.py"))
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    files = ["clip_l.safetensors", "t5xxl_fp16.safetensors"] if kind == "flux" else [
+        "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"]
+    states = [harness.tiny_text_encoder_state(f) for f in files]
+    sidecars = [{"model_name": harness.TINY_TEXT_ENCODERS[f][0], "config": harness.TINY_TEXT_ENCODERS[f][1]}
+                for f in files]
+    return pack.build_tiny_clip(states, sidecars, kind, dtype)
+
+
+def clip_state(clip):
+    """Every option a later encode of someone else's workflow depends on."""
+    model, tok = clip.cond_stage_model, clip.tokenizer
+    state = {"layer_idx": clip.layer_idx, "tokenizer_options": dict(clip.tokenizer_options)}
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        sub, sub_tok = getattr(model, name, None), getattr(tok, name, None)
+        if sub is not None:
+            state[name] = (sub.layer, sub.layer_idx, sub.return_projected_pooled, sub.enable_attention_masks,
+                           sub.return_attention_masks, sub.options_default)
+        if sub_tok is not None:
+            state[name + "_tok"] = (sub_tok.min_length, sub_tok.max_length, sub_tok.pad_to_max_length,
+                                    getattr(sub_tok, "min_padding", None))
+    return state
+
+
+def core_encode(clip, text):
+    """What core CLIPTextEncode does."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+@pytest.mark.parametrize("kind,pooled_dim", [("flux", 32), ("sd3", 80)])
+def test_shared_clip_is_not_mutated(comfy_env, kind, pooled_dim):
+    """After our encode, core CLIPTextEncode on the same CLIP gives identical output (flux; core's SD3 encode pads
+    CLIP to the real 4096 channels, which the tiny SD3 encoders cannot do) and no option is left changed."""
+    from pyramid_flow_pack.nodes.text import PyramidFlowVideoTextEncode
+
+    clip = tiny_clip(kind)
+    text = "a photo of a cat, (masterpiece:1.2)"
+    before = core_encode(clip, text) if kind == "flux" else None
+    state = clip_state(clip)
+    positive, negative = PyramidFlowVideoTextEncode().encode(PROMPT, NEGATIVE, True, clip=clip)
+    again, _ = PyramidFlowVideoTextEncode().encode(PROMPT, NEGATIVE, True, clip=clip)
+    assert clip_state(clip) == state
+    if before is not None:
+        after = core_encode(clip, text)
+        assert torch.equal(before[0][0], after[0][0])
+        assert torch.equal(before[0][1]["pooled_output"], after[0][1]["pooled_output"])
+    cond, extra = positive[0]
+    assert torch.equal(cond, again[0][0]) and torch.equal(extra["pooled_output"], again[0][1]["pooled_output"])
+    assert cond.shape == (1, 128, 32) and extra["pooled_output"].shape == (1, pooled_dim)
+    n = int(extra["attention_mask"].sum())
+    assert 0 < n < 128 and extra["attention_mask"][0, :n].all() and not cond[0, n:].any()
+    assert extra["pyramid_flow_variant"] == ("miniflux" if kind == "flux" else "sd3")
+    assert not torch.equal(cond, negative[0][0])
+
+
+def test_clip_path_matches_official_math(comfy_env):
+    """T5 on the real tokens only == transformers T5 on 128 padded tokens with the mask (at real positions);
+    miniFLUX pooled == CLIP-L pooler output (un-projected)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from pyramid_flow_pack.nodes.common import t5_window
+    from pyramid_flow_pack.nodes.text import encode_with_clip
+
+    clip = tiny_clip("flux", torch.float32)  # ComfyUI's CPU default for text encoders is fp16
+    text = "a red fox running through snow, hyper quality"
+    ours = encode_with_clip(clip, text)
+    tokens = clip.tokenize(text)
+
+    _, t5_cfg = harness.TINY_TEXT_ENCODERS["t5xxl_fp16.safetensors"]
+    t5 = T5EncoderModel(T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", **t5_cfg)).eval()
+    t5.load_state_dict(harness.tiny_text_encoder_state("t5xxl_fp16.safetensors"), strict=False)
+    ids, n = t5_window([t for t, _ in tokens["t5xxl"][0]])
+    input_ids = torch.tensor([ids + [0] * (128 - n)])
+    mask = (torch.arange(128) < n).long()[None]
+    with torch.no_grad():
+        reference = t5(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(ours.prompt_embeds[:, :n], reference[:, :n], rtol=1e-4, atol=1e-5)
+    assert torch.equal(ours.attention_mask, mask)
+
+    _, l_cfg = harness.TINY_TEXT_ENCODERS["clip_l.safetensors"]
+    clip_l = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77,
+                                                        eos_token_id=49407, **l_cfg)).eval()
+    clip_l.load_state_dict(harness.tiny_text_encoder_state("clip_l.safetensors"))
+    ids_l = torch.tensor([[t for t, _ in tokens["l"][0]]])
+    with torch.no_grad():
+        hidden = clip_l(input_ids=ids_l).last_hidden_state
+    pooled = hidden[:, int((ids_l[0] == 49407).nonzero()[0])]  # un-projected, at the first end token
+    torch.testing.assert_close(ours.pooled, pooled, rtol=1e-4, atol=1e-5)
+
+
+def _load_models(comfy_env, variant="miniflux"):
+    from pyramid_flow_pack.nodes.loaders import PyramidFlowVideoModelLoader, PyramidFlowVideoVAELoader
+
+    repo = f"pyramid-flow-{variant}"
+    (dit,) = PyramidFlowVideoModelLoader().load(f"{repo}/diffusion_transformer_384p", "fp32")
+    (vae,) = PyramidFlowVideoVAELoader().load(f"{repo}/causal_video_vae", "fp32")
+    return dit, vae
+
+
+def test_models_are_model_patchers_of_comfy_ops(comfy_env):
+    import comfy.model_patcher
+
+    dit, vae = _load_models(comfy_env)
+    for patcher in (dit, vae):
+        assert isinstance(patcher, comfy.model_patcher.ModelPatcher)
+        weighted = [m for m in patcher.model.modules() if list(m.parameters(recurse=False))]
+        plain = [type(m).__name__ for m in weighted if not hasattr(m, "comfy_cast_weights")]
+        # loose parameters are allowed only in modules without sub-layers (cast at use time)
+        assert len(plain) <= len(weighted) // 4, f"non comfy.ops weight modules: {sorted(set(plain))}"
+    assert dit.model.variant_name == "miniflux" and dit.model.checkpoint == "384p"
+
+
+def _sample(comfy_env, dit, seed=3):
+    from pyramid_flow_pack.nodes.sampler import PyramidFlowVideoSampler
+    from pyramid_flow_pack.nodes.text import PyramidFlowVideoTextEncode
+
+    positive, negative = PyramidFlowVideoTextEncode().encode(PROMPT, NEGATIVE, True, clip=tiny_clip("flux"))
+    args = dict(TINY, seed=seed)
+    return PyramidFlowVideoSampler().sample(dit, positive, negative, **args)
+
+
+def test_sampler_loads_only_through_load_models_gpu(comfy_env, monkeypatch):
+    import comfy.model_management as mm
+
+    calls = []
+    original = mm.load_models_gpu
+
+    def spy(models, memory_required=0, **kwargs):
+        calls.append((list(models), memory_required))
+        return original(models, memory_required=memory_required, **kwargs)
+
+    monkeypatch.setattr(mm, "load_models_gpu", spy)
+    dit, _ = _load_models(comfy_env)
+    latent, frames = _sample(comfy_env, dit)
+    assert frames == 9 and latent["samples"].shape == (1, 16, 2, 16, 16)
+    assert any(dit in models and memory > 0 for models, memory in calls), calls
+
+
+def test_partial_load_gives_the_same_video(comfy_env, monkeypatch):
+    """lowvram: a budget far below the model size leaves most layers offloaded (cast per call); same result.
+    On CPU load_models_gpu would load fully, so the patcher's own lowvram load is applied and kept."""
+    import comfy.model_management as mm
+
+    dit, _ = _load_models(comfy_env)
+    full = _sample(comfy_env, dit)[0]["samples"]
+    dit2, _ = _load_models(comfy_env)
+    dit2.load(device_to=dit2.load_device, lowvram_model_memory=1024)
+    assert any(getattr(m, "comfy_cast_weights", False) for m in dit2.model.modules())
+    monkeypatch.setattr(mm, "load_models_gpu", lambda *args, **kwargs: None)
+    partial = _sample(comfy_env, dit2)[0]["samples"]
+    torch.testing.assert_close(partial, full, rtol=0, atol=0)
+
+
+def test_core_conditioning_is_rejected_with_a_clear_message(comfy_env):
+    from pyramid_flow_pack.nodes.sampler import PyramidFlowVideoSampler
+
+    dit, _ = _load_models(comfy_env)
+    core = core_encode(tiny_clip("flux"), "a cat")
+    with pytest.raises(TypeError, match="not made by 'Pyramid Flow Text Encode'"):
+        PyramidFlowVideoSampler().sample(dit, core, core, **TINY)
+
+
+def test_interrupt_inside_a_unit(comfy_env, monkeypatch):
+    import comfy.model_management as mm
+
+    from pyramid_flow_pack.nodes import sampler as sampler_mod
+
+    dit, _ = _load_models(comfy_env)
+    seen = []
+    original = sampler_mod.make_step_callback
+
+    def interrupting(total, device):
+        callback = original(total, device)
+
+        def wrapped(info):
+            seen.append(info.done)
+            if info.done == 2:
+                mm.interrupt_current_processing(True)
+            callback(info)
+
+        return wrapped
+
+    monkeypatch.setattr(sampler_mod, "make_step_callback", interrupting)
+    with pytest.raises(mm.InterruptProcessingException):
+        _sample(comfy_env, dit)
+    assert seen == [1, 2]
+    assert not mm.processing_interrupted()
+
+
+def test_missing_model_errors_and_optional_download(comfy_env, base_dir, monkeypatch):
+    """Off by default: a clear error naming the folder and the switch. On: only the selected folder is fetched
+    (huggingface_hub faked here: the lane has no network), into models/pyramidflow/<repo>/, with progress."""
+    import shutil
+
+    import huggingface_hub
+
+    from pyramid_flow_pack.nodes import models
+
+    golden = os.path.join(harness.golden_checkpoints(), "miniflux")
+    root = os.path.join(base_dir, "models", "pyramidflow")
+    moved = os.path.join(base_dir, "moved_miniflux")
+    os.rename(os.path.join(root, "pyramid-flow-miniflux"), moved)
+    try:
+        with pytest.raises(FileNotFoundError, match="download_if_missing"):
+            models.resolve("pyramid-flow-miniflux/causal_video_vae", "vae", False, ["causal_video_vae/*"], "VAE")
+        fetched = []
+
+        class FakeApi:
+            def list_repo_files(self, repo_id):
+                assert repo_id == "rain1011/pyramid-flow-miniflux"
+                return ["README.md", "causal_video_vae/config.json",
+                        "causal_video_vae/diffusion_pytorch_model.safetensors",
+                        "diffusion_transformer_768p/config.json"]
+
+        def fake_download(repo_id, filename, local_dir):
+            fetched.append(filename)
+            os.makedirs(os.path.join(local_dir, os.path.dirname(filename)), exist_ok=True)
+            shutil.copy(os.path.join(golden, filename), os.path.join(local_dir, filename))
+
+        monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+        path = models.resolve("pyramid-flow-miniflux/causal_video_vae", "vae", True, ["causal_video_vae/*"], "VAE")
+        assert path == os.path.join(root, "pyramid-flow-miniflux", "causal_video_vae")
+        assert sorted(fetched) == ["causal_video_vae/config.json", "causal_video_vae/diffusion_pytorch_model.safetensors"]
+    finally:
+        shutil.rmtree(os.path.join(root, "pyramid-flow-miniflux"), ignore_errors=True)
+        os.rename(moved, os.path.join(root, "pyramid-flow-miniflux"))
+
+
+def test_fp8_storage_samples(comfy_env):
+    """fp8 weights (storage only) with casting comfy.ops layers: loads, stays fp8 in memory, samples finite."""
+    import comfy.ops
+
+    from pyramid_flow_pack.nodes.loaders import PyramidFlowVideoModelLoader
+
+    (dit,) = PyramidFlowVideoModelLoader().load("pyramid-flow-miniflux/diffusion_transformer_384p", "fp8_e4m3fn")
+    linears = [m for m in dit.model.modules() if isinstance(m, comfy.ops.manual_cast.Linear)]
+    assert linears and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
+    assert dit.model_size() < PyramidFlowVideoModelLoader().load(
+        "pyramid-flow-miniflux/diffusion_transformer_384p", "fp32")[0].model_size() / 2
+    latent = _sample(comfy_env, dit)[0]["samples"]
+    assert torch.isfinite(latent).all()
+
+
+def test_decode_retries_smaller_tiles_on_oom(comfy_env, monkeypatch):
+    """The decode node catches ComfyUI's OOM exception type, frees the cache and retries with smaller tiles."""
+    import comfy.model_management as mm
+
+    from pyramid_flow_pack.nodes.vae import PyramidFlowVideoVAEDecode
+
+    _, vae = _load_models(comfy_env)
+    module = vae.model.vae
+    original, calls = module.decode, []
+
+    def flaky(z, **kwargs):
+        calls.append((kwargs["tile_sample_min_size"], kwargs["window_size"]))
+        if len(calls) < 3:
+            raise mm.OOM_EXCEPTION("CUDA out of memory (simulated)")
+        return original(z, **kwargs)
+
+    monkeypatch.setattr(module, "decode", flaky)
+    latent = {"samples": torch.randn(1, 16, 2, 16, 16)}
+    (images,) = PyramidFlowVideoVAEDecode().decode(vae, latent, 256, 0.25, 2)
+    assert calls == [(256, 2), (256, 1), (128, 1)]
+    assert images.shape == (9, 128, 128, 3) and images.min() >= 0 and images.max() <= 1

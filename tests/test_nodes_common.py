@@ -1,0 +1,127 @@
+"""Fast lane: node logic that needs no ComfyUI (durations, sizes, T5 windows, IMAGE conversions, resizing)."""
+
+import pytest
+import torch
+
+from pack_loader import load_pack_module
+
+common = load_pack_module("nodes.common")
+
+
+@pytest.mark.parametrize("seconds,temp,frames", [(0.0, 1, 1), (5.0, 16, 121), (10.0, 31, 241), (1.0, 4, 25)])
+def test_duration_to_frames(seconds, temp, frames):
+    assert common.temp_for_duration(seconds) == temp
+    assert common.frames_for_temp(temp) == frames
+    text = common.describe_duration(seconds)
+    assert f"{frames} frames" in text and f"{temp} latent frames" in text
+
+
+def test_duration_covers_request():
+    for tenths in range(0, 120):
+        seconds = tenths / 10
+        frames = common.frames_for_temp(common.temp_for_duration(seconds))
+        assert frames >= seconds * common.FPS - 1e-6 or frames == 1
+
+
+@pytest.mark.parametrize("width,height", [(640, 384), (1280, 768), (64, 64), (1024, 1024)])
+def test_valid_sizes(width, height):
+    assert common.check_size(width, height) is None
+
+
+@pytest.mark.parametrize("width,height,name", [(100, 384, "width 100"), (640, 400, "height 400"), (32, 384, "width 32")])
+def test_invalid_sizes_name_the_fix(width, height, name):
+    message = common.check_size(width, height)
+    assert message is not None and name in message and "multiple of 64" in message
+
+
+def test_trained_size_warning():
+    assert common.trained_size_warning(640, 384, 16, "384p") is None
+    assert "1280x768" in common.trained_size_warning(1280, 768, 16, "384p")
+    assert "exceed" in common.trained_size_warning(640, 384, 31, "384p")
+    assert common.trained_size_warning(512, 512, 4, None) is None
+
+
+def test_t5_window_short_prompt_keeps_eos_and_drops_padding():
+    ids, n = common.t5_window([5, 6, 7, 1, 0, 0, 0])
+    assert ids == [5, 6, 7, 1] and n == 4
+
+
+def test_t5_window_truncates_like_hf():
+    long = list(range(2, 302)) + [1]
+    ids, n = common.t5_window(long)
+    assert n == 128 and ids[-1] == 1 and ids[:127] == long[:127]
+
+
+def test_t5_window_without_eos():
+    ids, n = common.t5_window([9, 9, 0, 0])
+    assert ids == [9, 9, 1] and n == 3
+
+
+def test_pad_embeddings():
+    hidden = torch.randn(1, 5, 8)
+    out, mask = common.pad_embeddings(hidden, 5, 128)
+    assert out.shape == (1, 128, 8) and mask.dtype == torch.int64
+    assert mask.sum() == 5 and torch.equal(out[:, :5], hidden) and not out[:, 5:].any()
+
+
+def test_video_image_round_trip():
+    video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
+    image = common.video_to_image(video)
+    assert image.shape == (9, 16, 24, 3) and image.min() >= 0 and image.max() <= 1
+    assert torch.allclose(common.image_to_video(image), video, atol=1e-6)
+
+
+def test_video_to_image_clamps():
+    image = common.video_to_image(torch.full((1, 3, 1, 8, 8), 3.0))
+    assert torch.equal(image, torch.ones(1, 8, 8, 3))
+
+
+@pytest.mark.parametrize("frames,expected", [(1, 1), (8, 1), (9, 9), (16, 9), (17, 17), (121, 121)])
+def test_encodable_frames(frames, expected):
+    assert common.encodable_frames(frames) == expected
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (torch.rand(8, 8, 3), "IMAGE"),
+    (torch.rand(0, 8, 8, 3), "empty"),
+    (torch.rand(1, 4, 64, 3), "at least 8x8"),
+    (torch.full((1, 8, 8, 3), float("nan")), "NaN"),
+    ("not an image", "IMAGE"),
+])
+def test_check_image_errors(bad, needle):
+    with pytest.raises(ValueError, match=needle):
+        common.check_image(bad)
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_resize_keeps_aspect(mode):
+    # a wide image with a white left half: crop keeps the centre, pad adds black bars top and bottom
+    image = torch.zeros(1, 100, 400, 3)
+    image[:, :, :200] = 1.0
+    out = common.resize_image(image, 128, 64, mode)
+    assert out.shape == (1, 64, 128, 3)
+    if mode == "pad":
+        assert out[0, 0].max() == 0 and out[0, -1].max() == 0  # letterbox rows
+        assert out[0, 32, 10].min() > 0.9  # image content is not squashed away
+    else:
+        assert out[0, :, 10].min() > 0.9 and out[0, :, -10].max() < 0.1
+
+
+def test_resize_grayscale_and_rgba():
+    assert common.resize_image(torch.rand(1, 64, 64, 1), 64, 64, "crop").shape == (1, 64, 64, 3)
+    assert common.resize_image(torch.rand(1, 64, 64, 4), 128, 64, "pad").shape == (1, 64, 128, 3)
+
+
+def test_token_bound_grows_with_history():
+    small = common.max_tokens(640, 384, 1)
+    big = common.max_tokens(640, 384, 16)
+    assert small == 40 * 24 + 128 and big > small
+    assert common.memory_estimate_dit(1536, 2, big, 2) > 0
+
+
+def test_oom_retry_settings_shrink_to_a_floor():
+    seq, settings = [], (0, 4)
+    while settings is not None:
+        seq.append(settings)
+        settings = common.smaller_settings(*settings)
+    assert seq == [(0, 4), (0, 1), (512, 1), (256, 1), (128, 1), (64, 1)]
