@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..pyramid_flow import latents as latent_utils
+from ..pyramid_flow.loading import hub
 
 FPS = latent_utils.FPS
 SIZE_STEP = latent_utils.RESOLUTION_MULTIPLE  # 64 = VAE 8 x pyramid 4 x patch 2
@@ -18,15 +19,9 @@ T5_EOS, T5_PAD = 1, 0
 MAX_SECONDS = 20.0
 
 # Known Hugging Face repos: folder name under models/pyramidflow/ -> repo id
-HF_REPOS = {
-    "pyramid-flow-miniflux": "rain1011/pyramid-flow-miniflux",
-    "pyramid-flow-sd3": "rain1011/pyramid-flow-sd3",
-}
-HF_DIT_FOLDERS = {
-    "pyramid-flow-miniflux": ("diffusion_transformer_384p", "diffusion_transformer_768p"),
-    "pyramid-flow-sd3": ("diffusion_transformer_384p", "diffusion_transformer_768p"),
-}
-VAE_FOLDER = "causal_video_vae"
+HF_REPOS = {repo_id.split("/")[1]: repo_id for repo_id in hub.REPOS.values()}
+VIDEO_DIT_FOLDERS = ("diffusion_transformer_384p", "diffusion_transformer_768p")  # both repositories have them
+VAE_FOLDER = hub.VAE_FOLDER
 
 
 def temp_for_duration(seconds: float) -> int:

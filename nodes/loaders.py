@@ -13,7 +13,6 @@ from ..pyramid_flow.pipeline import checkpoint_kind
 from ..pyramid_flow.text import PyramidTextEncoder
 from ..pyramid_flow.vae import load_vae
 from . import models
-from .common import VAE_FOLDER
 
 CATEGORY = "PyramidFlow/loaders"
 MODEL_TYPE = "PYRAMID_FLOW_VIDEO_MODEL"
@@ -58,8 +57,7 @@ class PyramidFlowVideoModelLoader:
     DESCRIPTION = "Load a Pyramid Flow diffusion transformer for the Pyramid Flow Sampler."
 
     def load(self, model, weight_dtype, download_if_missing=False):
-        sub = model.split("/")[-1]
-        path = models.resolve(model, "diffusion_models", download_if_missing, [f"{sub}/*"], "DiT")
+        path = models.resolve(model, "diffusion_models", download_if_missing, "DiT", "dit")
         weight = models.DTYPES.get(weight_dtype) or models.FP8_DTYPES.get(weight_dtype)
         if weight is None:
             raise ValueError(f"weight_dtype '{weight_dtype}' is not supported by this PyTorch build.")
@@ -101,7 +99,7 @@ class PyramidFlowVideoVAELoader:
     DESCRIPTION = "Load the Pyramid Flow causal video VAE (8x spatial, 8x temporal compression)."
 
     def load(self, vae, dtype, download_if_missing=False):
-        path = models.resolve(vae, "vae", download_if_missing, [f"{VAE_FOLDER}/*"], "VAE")
+        path = models.resolve(vae, "vae", download_if_missing, "VAE", "vae")
         load_device, offload = mm.vae_device(), mm.vae_offload_device()
         if dtype == "auto":
             torch_dtype = mm.vae_dtype(load_device, [torch.bfloat16, torch.float32])
@@ -140,8 +138,8 @@ class PyramidFlowVideoTextEncoderLoader:
     DESCRIPTION = "Load the official Pyramid Flow text encoders (transformers) from a Hugging Face folder."
 
     def load(self, model_folder, dtype, download_if_missing=False):
-        root = models.resolve(model_folder, None, download_if_missing, ["text_encoder*/*", "tokenizer*/*"],
-                              "text encoder folder", require_weights=False)
+        root = models.resolve(model_folder, None, download_if_missing, "text encoder folder", "text",
+                              require_weights=False)
         variant = "sd3" if os.path.isdir(os.path.join(root, "text_encoder_3")) else "miniflux"
         torch_dtype = models.DTYPES[dtype]
         load_device, offload = mm.text_encoder_device(), mm.text_encoder_offload_device()

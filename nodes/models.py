@@ -16,8 +16,9 @@ import comfy.ops
 import comfy.utils
 import folder_paths
 
+from ..pyramid_flow.loading import hub
 from ..pyramid_flow.loading.state_dict import WEIGHT_FILE_NAMES
-from .common import HF_DIT_FOLDERS, HF_REPOS, VAE_FOLDER
+from .common import HF_REPOS, VAE_FOLDER, VIDEO_DIT_FOLDERS
 
 log = logging.getLogger("pyramid_flow")
 
@@ -71,7 +72,7 @@ def _with_downloadable(entries: List[str], downloadable: List[str]) -> List[str]
 
 def dit_choices() -> List[str]:
     folders = _repo_entries(lambda name: name.startswith("diffusion_transformer"))
-    known = [f"{repo}/{sub}" for repo, subs in HF_DIT_FOLDERS.items() for sub in subs]
+    known = [f"{repo}/{sub}" for repo in HF_REPOS for sub in VIDEO_DIT_FOLDERS]
     return _with_downloadable(folders, known) + _files("diffusion_models")
 
 
@@ -97,9 +98,10 @@ def _find_repo_path(name: str) -> Optional[str]:
     return None
 
 
-def resolve(name: str, file_folder: Optional[str], download: bool, allow_patterns: List[str], what: str,
+def resolve(name: str, file_folder: Optional[str], download: bool, what: str, component: str,
             require_weights: bool = True) -> str:
-    """Folder under models/pyramidflow/ or file under models/<file_folder>/; downloads known repos on request."""
+    """Folder under models/pyramidflow/ or file under models/<file_folder>/; downloads the one missing folder
+    (``component``: 'dit', 'vae' or 'text') of a known repo on request."""
     path = _find_repo_path(name)
     if path is not None and (not require_weights or _has_weights(path)):
         return path
@@ -109,30 +111,39 @@ def resolve(name: str, file_folder: Optional[str], download: bool, allow_pattern
             return full
     repo = name.split("/")[0]
     if repo in HF_REPOS and download:
-        return download_repo_files(repo, allow_patterns, name)
+        return download_component(name, component)
     where = f"models/{PYRAMIDFLOW_FOLDER}/{name}/" + (f" or models/{file_folder}/{name}" if file_folder else "")
     hint = (f" Turn on 'download_if_missing' to fetch it from https://huggingface.co/{HF_REPOS[repo]}, or download"
             " that folder yourself." if repo in HF_REPOS else "")
     raise FileNotFoundError(f"Pyramid Flow {what} '{name}' not found: expected {where}.{hint}")
 
 
-def download_repo_files(repo: str, allow_patterns: List[str], name: str) -> str:
-    """Download the matching files of a known repo into models/pyramidflow/<repo>/ with a progress bar."""
-    import fnmatch
+def _node_progress_tqdm():
+    """A tqdm class that mirrors huggingface_hub's download progress onto the running node's progress bar."""
+    from tqdm.auto import tqdm
 
-    from huggingface_hub import HfApi, hf_hub_download  # imported only when a download was asked for
+    class NodeProgress(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.node_bar = comfy.utils.ProgressBar(self.total or 1)
 
-    repo_id = HF_REPOS[repo]
+        def update(self, n=1):
+            shown = super().update(n)
+            self.node_bar.update_absolute(self.n, self.total or 1)
+            return shown
+
+    return NodeProgress
+
+
+def download_component(name: str, component: str) -> str:
+    """Download '<repo>[/<folder>]' of a known repo into models/pyramidflow/<repo>/; returns the local path."""
+    repo, _, folder = name.partition("/")
     target = os.path.join(folder_paths.get_folder_paths(PYRAMIDFLOW_FOLDER)[0], repo)
-    files = [f for f in HfApi().list_repo_files(repo_id) if any(fnmatch.fnmatch(f, p) for p in allow_patterns)]
-    if not files:
-        raise FileNotFoundError(f"Nothing matching {allow_patterns} in https://huggingface.co/{repo_id}.")
-    log.info("Pyramid Flow: downloading %d files of %s into %s", len(files), repo_id, target)
-    pbar = comfy.utils.ProgressBar(len(files))
-    for i, filename in enumerate(files):
-        hf_hub_download(repo_id, filename, local_dir=target)
-        pbar.update_absolute(i + 1, len(files))
-    return os.path.join(target, *name.split("/")[1:]) if "/" in name else target
+    log.info("Pyramid Flow: downloading %s of %s into %s", folder or "the text encoders", HF_REPOS[repo], target)
+    dit_folder = folder if component == "dit" else hub.DEFAULT_DIT_FOLDER
+    hub.download_model(HF_REPOS[repo], target, dit_folder=dit_folder, components=(component,),
+                       tqdm_class=_node_progress_tqdm())
+    return os.path.join(target, folder) if folder else target
 
 
 def patcher_class():

@@ -47,7 +47,7 @@ class FakeHub:
         self.error = error
 
     def __call__(self, repo_id, *, local_dir, allow_patterns, **kwargs):
-        self.calls.append({"repo_id": repo_id, "local_dir": local_dir, "allow_patterns": list(allow_patterns)})
+        self.calls.append({"repo_id": repo_id, "local_dir": local_dir, "allow_patterns": list(allow_patterns), **kwargs})
         if self.error is not None:
             raise self.error
         for path in REPOS[repo_id]:
@@ -68,7 +68,16 @@ def fake_hub(monkeypatch):
 
 
 def test_fake_matches_the_real_signature():
-    inspect.signature(huggingface_hub.snapshot_download).bind("repo", local_dir="x", allow_patterns=["a/*"])
+    inspect.signature(huggingface_hub.snapshot_download).bind("repo", local_dir="x", allow_patterns=["a/*"], tqdm_class=object)
+
+
+def test_progress_class_is_handed_to_huggingface_hub(tmp_path, fake_hub):
+    class Progress:  # stands for a tqdm subclass that drives a UI progress bar
+        pass
+
+    download_model("miniflux", str(tmp_path), components=("vae",), tqdm_class=Progress)
+    assert fake_hub.calls[0]["tqdm_class"] is Progress
+    assert fake_hub.calls[0]["allow_patterns"] == ["causal_video_vae/*"]
 
 
 def test_download_fetches_only_the_needed_folders(tmp_path, fake_hub):

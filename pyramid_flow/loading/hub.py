@@ -94,12 +94,13 @@ def _missing_message(root: str, repo_id: str, missing: Dict[str, List[str]]) -> 
     )
 
 
-def _download(repo_id: str, target_dir: str, requirements: Requirements) -> str:
+def _download(repo_id: str, target_dir: str, requirements: Requirements, tqdm_class=None) -> str:
     import huggingface_hub  # only needed when downloading
 
     allow_patterns = [f"{folder}/*" for folder in requirements]
+    progress = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
     try:
-        huggingface_hub.snapshot_download(repo_id, local_dir=target_dir, allow_patterns=allow_patterns)
+        huggingface_hub.snapshot_download(repo_id, local_dir=target_dir, allow_patterns=allow_patterns, **progress)
     except OSError as err:  # offline mode, no network, HTTP errors (gated, not found), disk full
         raise CheckpointError(
             f"Downloading {', '.join(allow_patterns)} from https://huggingface.co/{repo_id} into '{target_dir}' "
@@ -121,14 +122,15 @@ def download_model(
     target_dir: str,
     dit_folder: str = DEFAULT_DIT_FOLDER,
     components: Sequence[str] = COMPONENTS,
+    tqdm_class=None,
 ) -> str:
     """Download the folders of ``components`` ("dit", "vae", "text") into ``target_dir``; returns it.
 
-    Files already in ``target_dir`` from an earlier download are not fetched again. Progress bars are
-    huggingface_hub's own.
+    Files already in ``target_dir`` from an earlier download are not fetched again. Progress goes to
+    huggingface_hub's tqdm bars, or to ``tqdm_class`` (a tqdm subclass, e.g. one that drives a UI progress bar).
     """
     variant, repo_id = resolve_repo(repo_id_or_variant)
-    return _download(repo_id, target_dir, folder_requirements(variant, dit_folder, components))
+    return _download(repo_id, target_dir, folder_requirements(variant, dit_folder, components), tqdm_class)
 
 
 def ensure_model(

@@ -223,6 +223,7 @@ def test_interrupt_inside_a_unit(comfy_env, monkeypatch):
 def test_missing_model_errors_and_optional_download(comfy_env, base_dir, monkeypatch):
     """Off by default: a clear error naming the folder and the switch. On: only the selected folder is fetched
     (huggingface_hub faked here: the lane has no network), into models/pyramidflow/<repo>/, with progress."""
+    import fnmatch
     import shutil
 
     import huggingface_hub
@@ -235,26 +236,29 @@ def test_missing_model_errors_and_optional_download(comfy_env, base_dir, monkeyp
     os.rename(os.path.join(root, "pyramid-flow-miniflux"), moved)
     try:
         with pytest.raises(FileNotFoundError, match="download_if_missing"):
-            models.resolve("pyramid-flow-miniflux/causal_video_vae", "vae", False, ["causal_video_vae/*"], "VAE")
-        fetched = []
+            models.resolve("pyramid-flow-miniflux/causal_video_vae", "vae", False, "VAE", "vae")
+        fetched, progress = [], []
 
-        class FakeApi:
-            def list_repo_files(self, repo_id):
-                assert repo_id == "rain1011/pyramid-flow-miniflux"
-                return ["README.md", "causal_video_vae/config.json",
-                        "causal_video_vae/diffusion_pytorch_model.safetensors",
-                        "diffusion_transformer_768p/config.json"]
+        def fake_snapshot_download(repo_id, *, local_dir, allow_patterns, tqdm_class=None):
+            """The repository as the golden miniflux folder; copies what the patterns select, with a tqdm bar."""
+            assert repo_id == "rain1011/pyramid-flow-miniflux"
+            files = [os.path.relpath(os.path.join(d, f), golden) for d, _, names in os.walk(golden) for f in names]
+            files = sorted(f for f in files if any(fnmatch.fnmatch(f, p) for p in allow_patterns))
+            bar = tqdm_class(total=len(files))
+            for filename in files:
+                os.makedirs(os.path.join(local_dir, os.path.dirname(filename)), exist_ok=True)
+                shutil.copy(os.path.join(golden, filename), os.path.join(local_dir, filename))
+                fetched.append(filename)
+                bar.update(1)
+                progress.append(bar.node_bar.current)
+            bar.close()
+            return local_dir
 
-        def fake_download(repo_id, filename, local_dir):
-            fetched.append(filename)
-            os.makedirs(os.path.join(local_dir, os.path.dirname(filename)), exist_ok=True)
-            shutil.copy(os.path.join(golden, filename), os.path.join(local_dir, filename))
-
-        monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-        monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-        path = models.resolve("pyramid-flow-miniflux/causal_video_vae", "vae", True, ["causal_video_vae/*"], "VAE")
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+        path = models.resolve("pyramid-flow-miniflux/causal_video_vae", "vae", True, "VAE", "vae")
         assert path == os.path.join(root, "pyramid-flow-miniflux", "causal_video_vae")
-        assert sorted(fetched) == ["causal_video_vae/config.json", "causal_video_vae/diffusion_pytorch_model.safetensors"]
+        assert fetched == ["causal_video_vae/config.json", "causal_video_vae/diffusion_pytorch_model.safetensors"]
+        assert progress == [1, 2]  # the node's progress bar followed the download
     finally:
         shutil.rmtree(os.path.join(root, "pyramid-flow-miniflux"), ignore_errors=True)
         os.rename(moved, os.path.join(root, "pyramid-flow-miniflux"))
