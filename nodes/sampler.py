@@ -12,7 +12,7 @@ import latent_preview
 from ..pyramid_flow import latents as latent_utils
 from ..pyramid_flow.noise import NoiseSource
 from ..pyramid_flow.pipeline import ENCODE_TILE
-from ..pyramid_flow.sampler import count_dit_steps, draw_latent_noise, sample_i2v, sample_t2v
+from ..pyramid_flow.sampler import PyramidSampler, count_dit_steps, draw_latent_noise
 from ..pyramid_flow.scheduler import PyramidFlowScheduler
 from ..pyramid_flow.text import TextEmbeddings
 from ..pyramid_flow.variants import get_variant
@@ -193,17 +193,17 @@ def sample_video(model, cond, uncond, *, width, height, temp, first_steps, video
     noise = NoiseSource(seed, gamma=scheduler.gamma)
     i2v = image_latent is not None
     callback = make_step_callback(count_dit_steps(temp, first_steps, video_steps, i2v=i2v), device)
-    common = dict(guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale, noise=noise,
-                  device=device, dtype=compute, scheduler=scheduler, callback=callback)
+    sampler = PyramidSampler(wrapper.diffusion_model, noise, device, compute, scheduler, callback)
+    guidance = dict(guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale)
     try:
         if i2v:  # the official draw order: the video noise first, then the image posterior sample
             initial = draw_latent_noise(noise, 1, temp, height, width, device, compute)
             first = first_frame_latent(image_latent, noise, variant, device, compute)
-            latents = sample_i2v(wrapper.diffusion_model, cond, uncond, image_latent=first, temp=temp,
-                                 steps=video_steps, initial_noise=initial, **common)
+            latents = sampler.image_to_video(cond, uncond, image_latent=first, temp=temp, steps=video_steps,
+                                             initial_noise=initial, **guidance)
         else:
-            latents = sample_t2v(wrapper.diffusion_model, cond, uncond, height=height, width=width, temp=temp,
-                                 first_frame_steps=first_steps, video_steps=video_steps, **common)
+            latents = sampler.text_to_video(cond, uncond, height=height, width=width, temp=temp,
+                                            first_frame_steps=first_steps, video_steps=video_steps, **guidance)
     except BaseException:
         models.free_after_interrupt()
         raise

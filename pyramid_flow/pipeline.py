@@ -10,7 +10,7 @@ from .dit import load_dit
 from .image import ImageLike, image_to_vae_input, resize_to, to_pil
 from .loading.state_dict import CheckpointError
 from .noise import NoiseSource, OfficialNoise
-from .sampler import StepCallback, draw_latent_noise, sample_i2v, sample_t2v
+from .sampler import PyramidSampler, StepCallback, draw_latent_noise
 from .scheduler import PyramidFlowScheduler
 from .text import PyramidTextEncoder, TextEmbeddings
 from .variants import Variant, get_variant
@@ -145,11 +145,10 @@ class PyramidFlowPipeline:
         """Text-to-video. Returns normalised latents (``output_type='latent'``) or uint8 frames [F, H, W, 3]."""
         self.check_request(width, height, temp)
         cond, uncond = self.encode_prompt(prompt, negative_prompt)
-        latents = sample_t2v(
-            self.dit, cond, uncond, height=height, width=width, temp=temp,
-            first_frame_steps=num_inference_steps, video_steps=video_num_inference_steps,
-            guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale,
-            noise=self._noise(seed, noise), device=self.device, dtype=self.dtype, scheduler=self.scheduler, callback=callback,
+        sampler = PyramidSampler(self.dit, self._noise(seed, noise), self.device, self.dtype, self.scheduler, callback)
+        latents = sampler.text_to_video(
+            cond, uncond, height=height, width=width, temp=temp, first_frame_steps=num_inference_steps,
+            video_steps=video_num_inference_steps, guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale,
         )
         return latents if output_type == "latent" else self.decode(latents, *DECODE_SETTINGS[save_memory])
 
@@ -177,10 +176,10 @@ class PyramidFlowPipeline:
         noise = self._noise(seed, noise)
         initial_noise = draw_latent_noise(noise, cond.prompt_embeds.shape[0], temp, image.height, image.width, self.device, self.dtype)
         image_latent = self.encode_image(image, noise)
-        latents = sample_i2v(
-            self.dit, cond, uncond, image_latent=image_latent, temp=temp, steps=num_inference_steps,
-            guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale, noise=noise,
-            device=self.device, dtype=self.dtype, scheduler=self.scheduler, callback=callback, initial_noise=initial_noise,
+        sampler = PyramidSampler(self.dit, noise, self.device, self.dtype, self.scheduler, callback)
+        latents = sampler.image_to_video(
+            cond, uncond, image_latent=image_latent, temp=temp, steps=num_inference_steps,
+            guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale, initial_noise=initial_noise,
         )
         return latents if output_type == "latent" else self.decode(latents, *DECODE_SETTINGS[save_memory])
 

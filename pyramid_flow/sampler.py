@@ -107,11 +107,11 @@ def history_clips(generated: List[torch.Tensor]) -> List[List[torch.Tensor]]:
 
 @dataclass
 class _Run:
-    """State shared by all units of one sampling run."""
+    """State of one sampling run, shared by all its units."""
 
     dit: torch.nn.Module
     scheduler: PyramidFlowScheduler
-    text: Optional[TextEmbeddings]  # CFG-ordered [negative; positive] (or positive only without CFG)
+    text: TextEmbeddings  # CFG-ordered [negative; positive] (or positive only without CFG)
     noise: object
     cfg: bool
     callback: Optional[StepCallback]
@@ -147,13 +147,13 @@ class _Run:
                     self.callback(StepInfo(unit, self.num_units, stage, k, steps[stage], self.done, self.total, t.item(), sample, velocity, latent))
         return latent
 
-
-def _cfg_text(cond: TextEmbeddings, uncond: Optional[TextEmbeddings], cfg: bool, device, dtype) -> TextEmbeddings:
-    if cfg:
-        if uncond is None:
-            raise ValueError("guidance_scale > 0 needs negative-prompt embeddings (uncond)")
-        cond = TextEmbeddings.cat([uncond, cond])
-    return cond.to(device=device, dtype=dtype)
+    def continue_video(self, generated: List[torch.Tensor], noise_frames: torch.Tensor, steps: List[int], guidance: float) -> torch.Tensor:
+        """Generate units len(generated) .. num_units-1, each conditioned on the frames before it; unit u starts from
+        ``noise_frames[:, :, u - 1]``. Returns all frames [B, C, num_units, H, W]."""
+        for unit in range(len(generated), self.num_units):
+            history = history_clips(generated)
+            generated.append(self.generate_unit(unit, noise_frames[:, :, unit - 1 : unit], history, steps, guidance))
+        return torch.cat(generated, dim=2)
 
 
 def draw_latent_noise(noise, batch: int, temp: int, height: int, width: int, device, dtype) -> torch.Tensor:
@@ -161,76 +161,82 @@ def draw_latent_noise(noise, batch: int, temp: int, height: int, width: int, dev
     return noise.latents((batch, LATENT_CHANNELS, temp, height // 8, width // 8), device, dtype)
 
 
-@torch.no_grad()
-def sample_t2v(
-    dit: torch.nn.Module,
-    cond: TextEmbeddings,
-    uncond: Optional[TextEmbeddings],
-    *,
-    height: int,
-    width: int,
-    temp: int,
-    first_frame_steps: Sequence[int] | int,
-    video_steps: Sequence[int] | int,
-    guidance_scale: float,
-    video_guidance_scale: float,
-    noise,
-    device: torch.device,
-    dtype: torch.dtype,
-    scheduler: Optional[PyramidFlowScheduler] = None,
-    callback: Optional[StepCallback] = None,
-) -> torch.Tensor:
-    """Text-to-video (temp=1: text-to-image). Returns normalised latents [B, 16, temp, H/8, W/8].
+class PyramidSampler:
+    """Text-to-video and image-to-video on one DiT, with one noise source, on normalised latents.
 
-    CFG is on iff ``guidance_scale > 0`` (the official switch); unit 0 uses ``guidance_scale``, later units
-    ``video_guidance_scale``.
+    ``callback`` is called with a :class:`StepInfo` after every DiT step (raise from it to stop within one step).
+    CFG is on iff ``guidance_scale > 0`` (the official switch), with the batch order [negative; positive].
     """
-    first_frame_steps, video_steps = stage_steps(first_frame_steps), stage_steps(video_steps)
-    cfg = guidance_scale > 0
-    text = _cfg_text(cond, uncond, cfg, device, dtype)
-    bottom = noise_pyramid_bottom(draw_latent_noise(noise, cond.prompt_embeds.shape[0], temp, height, width, device, dtype))
-    run = _Run(dit, scheduler or PyramidFlowScheduler(), text, noise, cfg, callback, temp, count_dit_steps(temp, first_frame_steps, video_steps))
-    generated = [run.generate_unit(0, bottom[:, :, :1], [], first_frame_steps, guidance_scale)]
-    for unit in range(1, temp):
-        history = history_clips(generated)
-        generated.append(run.generate_unit(unit, bottom[:, :, unit : unit + 1], history, video_steps, video_guidance_scale))
-    return torch.cat(generated, dim=2)
 
+    def __init__(
+        self,
+        dit: torch.nn.Module,
+        noise,
+        device: torch.device,
+        dtype: torch.dtype,
+        scheduler: Optional[PyramidFlowScheduler] = None,
+        callback: Optional[StepCallback] = None,
+    ):
+        self.dit, self.noise, self.device, self.dtype = dit, noise, device, dtype
+        self.scheduler = scheduler or PyramidFlowScheduler()
+        self.callback = callback
 
-@torch.no_grad()
-def sample_i2v(
-    dit: torch.nn.Module,
-    cond: TextEmbeddings,
-    uncond: Optional[TextEmbeddings],
-    *,
-    image_latent: torch.Tensor,
-    temp: int,
-    steps: Sequence[int] | int,
-    guidance_scale: float,
-    video_guidance_scale: float,
-    noise,
-    device: torch.device,
-    dtype: torch.dtype,
-    scheduler: Optional[PyramidFlowScheduler] = None,
-    callback: Optional[StepCallback] = None,
-    initial_noise: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """Image-to-video from a normalised first-frame latent [B, 16, 1, h, w]; ``temp`` counts the image.
+    def _start(self, cond: TextEmbeddings, uncond: Optional[TextEmbeddings], guidance_scale: float, temp: int, total: int) -> _Run:
+        cfg = guidance_scale > 0
+        if cfg:
+            if uncond is None:
+                raise ValueError("guidance_scale > 0 needs negative-prompt embeddings (uncond)")
+            cond = TextEmbeddings.cat([uncond, cond])
+        text = cond.to(device=self.device, dtype=self.dtype)
+        return _Run(self.dit, self.scheduler, text, self.noise, cfg, self.callback, temp, total)
 
-    ``initial_noise``: the latent noise already drawn (the official order draws it before the image posterior);
-    drawn here when absent. Every generated unit uses ``video_guidance_scale``; unit u uses noise frame u-1.
-    """
-    steps = stage_steps(steps)
-    cfg = guidance_scale > 0
-    text = _cfg_text(cond, uncond, cfg, device, dtype)
-    height, width = image_latent.shape[-2] * 8, image_latent.shape[-1] * 8
-    if initial_noise is None:
-        initial_noise = draw_latent_noise(noise, cond.prompt_embeds.shape[0], temp, height, width, device, dtype)
-    bottom = noise_pyramid_bottom(initial_noise)
-    run = _Run(dit, scheduler or PyramidFlowScheduler(), text, noise, cfg, callback, temp, count_dit_steps(temp, steps, steps, i2v=True))
-    generated = [image_latent.to(device=device, dtype=dtype)]
-    for unit in range(1, temp):
-        history = history_clips(generated)
-        generated.append(run.generate_unit(unit, bottom[:, :, unit - 1 : unit], history, steps, video_guidance_scale))
-    return torch.cat(generated, dim=2)
+    @torch.no_grad()
+    def text_to_video(
+        self,
+        cond: TextEmbeddings,
+        uncond: Optional[TextEmbeddings],
+        *,
+        height: int,
+        width: int,
+        temp: int,
+        first_frame_steps: Sequence[int] | int,
+        video_steps: Sequence[int] | int,
+        guidance_scale: float,
+        video_guidance_scale: float,
+    ) -> torch.Tensor:
+        """temp latent frames (temp=1: an image) -> normalised latents [B, 16, temp, H/8, W/8]. Unit 0 uses
+        ``guidance_scale``, later units ``video_guidance_scale``; unit u starts from noise frame u."""
+        first_frame_steps, video_steps = stage_steps(first_frame_steps), stage_steps(video_steps)
+        batch = cond.prompt_embeds.shape[0]
+        noise = noise_pyramid_bottom(draw_latent_noise(self.noise, batch, temp, height, width, self.device, self.dtype))
+        run = self._start(cond, uncond, guidance_scale, temp, count_dit_steps(temp, first_frame_steps, video_steps))
+        first = run.generate_unit(0, noise[:, :, :1], [], first_frame_steps, guidance_scale)
+        return run.continue_video([first], noise[:, :, 1:], video_steps, video_guidance_scale)
 
+    @torch.no_grad()
+    def image_to_video(
+        self,
+        cond: TextEmbeddings,
+        uncond: Optional[TextEmbeddings],
+        *,
+        image_latent: torch.Tensor,
+        temp: int,
+        steps: Sequence[int] | int,
+        guidance_scale: float,
+        video_guidance_scale: float,
+        initial_noise: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """A normalised first-frame latent [B, 16, 1, h, w] -> [B, 16, temp, h, w]; ``temp`` counts the image.
+
+        Every generated unit uses ``video_guidance_scale``; unit u starts from noise frame u-1 (the last noise
+        frame is unused, as in the official code). ``initial_noise``: the latent noise when the caller already
+        drew it (the official order draws it before the image posterior); drawn here otherwise.
+        """
+        steps = stage_steps(steps)
+        height, width = image_latent.shape[-2] * 8, image_latent.shape[-1] * 8
+        if initial_noise is None:
+            initial_noise = draw_latent_noise(self.noise, cond.prompt_embeds.shape[0], temp, height, width, self.device, self.dtype)
+        noise = noise_pyramid_bottom(initial_noise)
+        run = self._start(cond, uncond, guidance_scale, temp, count_dit_steps(temp, steps, steps, i2v=True))
+        first = image_latent.to(device=self.device, dtype=self.dtype)
+        return run.continue_video([first], noise[:, :, :-1], steps, video_guidance_scale)

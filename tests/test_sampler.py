@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyramid_flow.noise import NoiseSource
-from pyramid_flow.sampler import count_dit_steps, history_clips, noise_pyramid_bottom, sample_i2v, sample_t2v, stage_steps
+from pyramid_flow.sampler import PyramidSampler, count_dit_steps, history_clips, noise_pyramid_bottom, stage_steps
 from pyramid_flow.text.embeddings import TextEmbeddings
 
 CPU = torch.device("cpu")
@@ -29,9 +29,9 @@ def _text(value: float) -> TextEmbeddings:
 
 
 def _t2v(dit, seed=0, guidance=7.0, temp=3, callback=None):
-    return sample_t2v(dit, _text(1.0), _text(-1.0), height=128, width=192, temp=temp, first_frame_steps=[2, 1, 1],
-                      video_steps=[1, 1, 2], guidance_scale=guidance, video_guidance_scale=5.0,
-                      noise=NoiseSource(seed), device=CPU, dtype=torch.float32, callback=callback)
+    sampler = PyramidSampler(dit, NoiseSource(seed), CPU, torch.float32, callback=callback)
+    return sampler.text_to_video(_text(1.0), _text(-1.0), height=128, width=192, temp=temp, first_frame_steps=[2, 1, 1],
+                                 video_steps=[1, 1, 2], guidance_scale=guidance, video_guidance_scale=5.0)
 
 
 def test_history_follows_the_temporal_pyramid():
@@ -92,8 +92,9 @@ def test_callback_exception_stops_the_run_within_one_step():
 def test_i2v_keeps_the_image_frame_and_uses_history_from_it():
     dit = LinearDiT()
     image_latent = torch.randn(1, 16, 1, 8, 8)
-    latents = sample_i2v(dit, _text(1.0), _text(0.0), image_latent=image_latent, temp=3, steps=1, guidance_scale=7.0,
-                         video_guidance_scale=4.0, noise=NoiseSource(0), device=CPU, dtype=torch.float32)
+    sampler = PyramidSampler(dit, NoiseSource(0), CPU, torch.float32)
+    latents = sampler.image_to_video(_text(1.0), _text(0.0), image_latent=image_latent, temp=3, steps=1,
+                                     guidance_scale=7.0, video_guidance_scale=4.0)
     assert torch.equal(latents[:, :, :1], image_latent)
     assert len(dit.calls) == count_dit_steps(3, 1, 1, i2v=True) == 2 * 3
     assert dit.calls[0][0] == (2, 16, 1, 2, 2)
