@@ -24,18 +24,9 @@ VIDEO_DIT_FOLDERS = ("diffusion_transformer_384p", "diffusion_transformer_768p")
 VAE_FOLDER = hub.VAE_FOLDER
 
 
-def temp_for_duration(seconds: float) -> int:
-    """Latent frames for a duration in seconds at 24 fps (5 s -> 16, 10 s -> 31; 0 s -> 1 = a single image)."""
-    return latent_utils.temp_for_seconds(seconds)
-
-
-def frames_for_temp(temp: int) -> int:
-    return latent_utils.frames_for_temp(temp)
-
-
 def describe_duration(seconds: float) -> str:
-    temp = temp_for_duration(seconds)
-    frames = frames_for_temp(temp)
+    temp = latent_utils.temp_for_seconds(seconds)
+    frames = latent_utils.frames_for_temp(temp)
     return f"{frames} frames = {frames / FPS:.2f} s at {FPS} fps ({temp} latent frames)"
 
 
@@ -46,10 +37,6 @@ def check_size(width: int, height: int) -> Optional[str]:
     except ValueError as err:
         return str(err)
     return None
-
-
-def trained_size_warning(width: int, height: int, temp: int, checkpoint: Optional[str]) -> Optional[str]:
-    return latent_utils.resolution_warning(width, height, temp, checkpoint)
 
 
 def t5_window(token_ids: Sequence[int], length: int = T5_TOKENS) -> Tuple[List[int], int]:

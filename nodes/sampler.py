@@ -18,9 +18,8 @@ from ..pyramid_flow.text import TextEmbeddings
 from ..pyramid_flow.variants import get_variant
 from ..pyramid_flow.vae import posterior_sample
 from . import models
-from .common import (MAX_SECONDS, MAX_SIZE, SIZE_STEP, check_image, check_size, describe_duration, frames_for_temp,
-                     image_to_video, max_tokens, memory_estimate_dit, resize_image, stage_list, temp_for_duration,
-                     trained_size_warning)
+from .common import (MAX_SECONDS, MAX_SIZE, SIZE_STEP, check_image, check_size, describe_duration, image_to_video,
+                     max_tokens, memory_estimate_dit, resize_image, stage_list)
 from .loaders import MODEL_TYPE, VAE_TYPE
 from .text import conditioning_to_embeddings, conditioning_variant
 
@@ -155,13 +154,13 @@ class PyramidFlowVideoSampler:
     def sample(self, model, positive, negative, width, height, duration_seconds, first_frame_steps_1,
                first_frame_steps_2, first_frame_steps_3, video_steps_1, video_steps_2, video_steps_3,
                guidance_scale, video_guidance_scale, seed, image_latent=None, unique_id=None):
-        temp = temp_for_duration(duration_seconds)
+        temp = latent_utils.temp_for_seconds(duration_seconds)
         if image_latent is not None:
             height, width = [s * 8 for s in image_latent["samples"].shape[-2:]]
         problem = check_size(width, height)
         if problem:
             raise ValueError(problem)
-        warning = trained_size_warning(width, height, temp, model.model.checkpoint)
+        warning = latent_utils.resolution_warning(width, height, temp, model.model.checkpoint)
         if warning:
             log.warning("Pyramid Flow: %s", warning)
         send_text(unique_id, describe_duration(duration_seconds) + (f"\n{warning}" if warning else ""))
@@ -173,7 +172,7 @@ class PyramidFlowVideoSampler:
             first_steps=stage_list(first_frame_steps_1, first_frame_steps_2, first_frame_steps_3),
             video_steps=stage_list(video_steps_1, video_steps_2, video_steps_3), guidance_scale=guidance_scale,
             video_guidance_scale=video_guidance_scale, seed=seed, image_latent=image_latent)
-        return ({"samples": samples, VARIANT_KEY: model.model.variant_name}, frames_for_temp(temp))
+        return ({"samples": samples, VARIANT_KEY: model.model.variant_name}, latent_utils.frames_for_temp(temp))
 
 
 def sample_video(model, cond, uncond, *, width, height, temp, first_steps, video_steps, guidance_scale,

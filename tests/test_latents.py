@@ -28,6 +28,13 @@ def test_durations_map_to_the_official_frame_counts():
     assert latent_utils.temp_for_seconds(0) == 1 and latent_utils.frames_for_temp(1) == 1
 
 
+def test_duration_always_covers_the_request():
+    for tenths in range(0, 120):
+        seconds = tenths / 10
+        frames = latent_utils.frames_for_temp(latent_utils.temp_for_seconds(seconds))
+        assert frames >= seconds * latent_utils.FPS or frames == 1
+
+
 @pytest.mark.parametrize("width,height", [(100, 384), (640, 360), (0, 384)])
 def test_bad_resolution_names_the_fix(width, height):
     with pytest.raises(ValueError, match="multiple of 64"):
