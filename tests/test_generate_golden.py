@@ -24,10 +24,14 @@ LATENT_ATOL = 1e-3
 NOISE_KINDS = {"prepare_latents": "latents", "posterior_sample": "posterior", "block_noise": "block_noise"}
 
 
+BF16_ENVELOPE = 1.5  # our bf16 run may deviate from the fp32 golden at most 1.5x as much as the official bf16 run
+BF16_FALLBACK = 0.1  # relative to the golden latents' max, when a manifest records no official bf16 run
+
+
 @lru_cache(maxsize=None)
-def pipeline(variant: str) -> PyramidFlowPipeline:
+def pipeline(variant: str, dtype: torch.dtype = torch.float32) -> PyramidFlowPipeline:
     folder = variant_info(variant)["dit_folder"]
-    return PyramidFlowPipeline.from_pretrained(checkpoint_root(variant), dit_folder=folder, dtype=torch.float32)
+    return PyramidFlowPipeline.from_pretrained(checkpoint_root(variant), dit_folder=folder, dtype=dtype)
 
 
 def replay_noise(case: dict, recorded: dict) -> ReplayNoise:
@@ -120,3 +124,18 @@ def test_image_encode_matches_official(case):
     assert torch.equal(video, recorded["image/vae_input"])
     moments = pipe.vae.encode(video, **{"tile_sample_min_size": ENCODE_TILE, **case["image_encode_call"]})
     assert_close(moments, recorded["image/posterior_moments"], TEXT_ATOL, "image/posterior_moments")
+
+
+@pytest.mark.parametrize("case", case_params("t2v") + case_params("i2v"))
+def test_bf16_run_stays_within_the_official_bf16_envelope(case):
+    """bf16 is the default on GPUs: the same replayed run in bf16 must land as close to the fp32 golden latents as
+    the official pipeline's own bf16 run did (manifest ``bf16_vs_fp32``)."""
+    case = require_case(case)
+    recorded = tensors(case["file"])
+    final, _ = run_recorded(pipeline(case["variant"], torch.bfloat16), case, recorded)
+    expected = recorded["final_latents"]
+    official = variant_info(case["variant"]).get("bf16_vs_fp32", {}).get(f"{case['name'].split('/')[-1]}_final_latents")
+    bound = BF16_ENVELOPE * official["max_abs_diff"] if official else BF16_FALLBACK * expected.abs().max().item()
+    assert final.dtype == torch.bfloat16
+    diff = (final.float() - expected).abs().max().item()
+    assert diff <= bound, f"bf16 final latents differ by {diff:.3g} from fp32, bound {bound:.3g}"
