@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .embeddings import TimestepTextEmbedding, rope_cos_sin
 from .layers import AdaLayerNormContinuous, Rope
-from .sequence import joint_attention_mask, token_grid, unpatchify, with_text_positions
+from .sequence import JointMask, joint_attention_mask, token_grid, unpatchify, with_text_positions
 
 
 class PyramidDiT(nn.Module):
@@ -48,7 +48,7 @@ class PyramidDiT(nn.Module):
         """clips -> (image tokens [B, N, D], positions [N, n] with the temporal id in column 0)."""
         raise NotImplementedError
 
-    def run_blocks(self, x: torch.Tensor, c: torch.Tensor, temb: torch.Tensor, mask: torch.Tensor, rope: Rope) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, c: torch.Tensor, temb: torch.Tensor, mask: JointMask, rope: Rope) -> torch.Tensor:
         """The transformer blocks: image tokens [B, N, D] in and out, text c [B, Lt, D]."""
         raise NotImplementedError
 
@@ -71,7 +71,7 @@ class PyramidDiT(nn.Module):
         x, positions = self.embed_clips(clips)  # [B, N, D], [N, n]
         positions = with_text_positions(positions, c.shape[1])  # [Lt+N, n]
         rope = rope_cos_sin(positions, self.rope_axes)
-        mask = joint_attention_mask(context_mask, positions[:, 0], self.use_temporal_causal)  # [B, 1, L, L]
+        mask = joint_attention_mask(context_mask, positions[:, 0], self.use_temporal_causal)
         x = self.run_blocks(x, c, temb, mask, rope)  # [B, N, D]
         grid = token_grid(clips[-1], self.patch_size)
         x = x[:, x.shape[1] - grid[0] * grid[1] * grid[2] :]  # tokens of the last clip

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import attention
 from .embeddings import apply_rope
+from .sequence import JointMask, masked_attention
 
 Rope = Tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [L, d/2] float32
 
@@ -113,10 +113,10 @@ class FeedForward(nn.Module):
         return x
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, rope: Rope) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask, rope: Rope) -> torch.Tensor:
     """RoPE on q, k [B, H, L, d], masked attention, heads merged -> [B, L, H*d]."""
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    return attention(q, k, v, mask).transpose(1, 2).flatten(2)
+    return masked_attention(q, k, v, mask).transpose(1, 2).flatten(2)
 
 
 class SelfAttention(nn.Module):
@@ -165,7 +165,7 @@ class JointAttention(SelfAttention):
         norm_q, norm_k = getattr(self, self.context_norm + "_q"), getattr(self, self.context_norm + "_k")
         return norm_q(q), norm_k(k), v
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor, rope: Rope):
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: JointMask, rope: Rope):
         """x [B, N, D], c [B, Lt, D] -> (x_out [B, N, D], c_out [B, Lt, D] or None)."""
         streams = zip(self.context_qkv(c), self.qkv(x))
         q, k, v = (torch.cat(pair, dim=2) for pair in streams)  # [B, H, Lt+N, d], text first

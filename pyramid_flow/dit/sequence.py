@@ -5,11 +5,14 @@ spatial size. Tokens are 2x2 patches in (t, h, w) raster order, clips concatenat
 attention sequence is [text (Lt tokens); image (N tokens)] (reference §2.1).
 """
 
-from typing import List, Sequence
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
+from ..attention import attention
 
 
 def token_grid(clip: torch.Tensor, patch_size: int):
@@ -70,17 +73,36 @@ def with_text_positions(image_positions: torch.Tensor, text_length: int) -> torc
     return torch.cat([text, image_positions], dim=0)
 
 
-def joint_attention_mask(context_mask: torch.Tensor, times: torch.Tensor, temporal_causal: bool = True) -> torch.Tensor:
-    """Boolean [B, 1, L, L] mask (True = attend) for the [text; image] sequence (reference §2.1, trap 7).
+@dataclass
+class JointMask:
+    """The attention pattern of the [text; image] sequence without an L x L tensor.
 
-    context_mask [B, Lt] (1 = real token); times [Lt+N] temporal ids (text at 0). Real tokens attend only to
-    real tokens, padded text only to padded text; with ``temporal_causal`` a token also sees only tokens of
-    an earlier or equal frame.
+    Tokens are sorted by temporal id (text at 0, then frames in order) and a token attends to every token of an
+    earlier or equal frame, so the queries of one frame attend to a prefix of the sequence: ``segments`` holds
+    (query start, query end = key end) per frame. ``key_mask`` [B, 1, 1, L] (True = real token) hides padded text
+    from every query. Padded text queries get the same keys as real ones (the official pattern gives them only
+    the padded keys); their values reach no real token, since no real query attends to them, so every output
+    of an image token is unchanged.
     """
-    batch = context_mask.shape[0]
-    image = torch.ones(batch, times.shape[0] - context_mask.shape[1], dtype=torch.bool, device=context_mask.device)
-    real = torch.cat([context_mask.bool(), image], dim=1)  # [B, L]
-    mask = real[:, :, None] == real[:, None, :]  # [B, L, L]
-    if temporal_causal:
-        mask = mask & (times[:, None] >= times[None, :])[None]
-    return mask[:, None]
+
+    key_mask: torch.Tensor
+    segments: List[Tuple[int, int]]
+
+
+def joint_attention_mask(context_mask: torch.Tensor, times: torch.Tensor, temporal_causal: bool = True) -> JointMask:
+    """context_mask [B, Lt] (1 = real token); times [Lt+N] non-decreasing temporal ids (text at 0)."""
+    batch, length = context_mask.shape[0], times.shape[0]
+    image = torch.ones(batch, length - context_mask.shape[1], dtype=torch.bool, device=context_mask.device)
+    key_mask = torch.cat([context_mask.bool(), image], dim=1)[:, None, None]  # [B, 1, 1, L]
+    if not temporal_causal:
+        return JointMask(key_mask, [(0, length)])
+    ends = torch.unique_consecutive(times, return_counts=True)[1].cumsum(0).tolist()
+    return JointMask(key_mask, list(zip([0] + ends[:-1], ends)))
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask) -> torch.Tensor:
+    """q, k, v [B, H, L, d] -> [B, H, L, d]: each frame's queries against the keys of its prefix."""
+    return torch.cat(
+        [attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask.key_mask[..., :end]) for start, end in mask.segments],
+        dim=2,
+    )

@@ -1,0 +1,37 @@
+"""The frame-prefix attention equals the official dense [B, 1, L, L] mask on every real token."""
+
+import torch
+import torch.nn.functional as F
+
+from pyramid_flow.dit.sequence import joint_attention_mask, masked_attention
+
+
+def official_dense_mask(context_mask: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Reference §2.1: same-id tokens (real with real, padded with padded) AND time_q >= time_k."""
+    image = torch.ones(context_mask.shape[0], times.shape[0] - context_mask.shape[1], dtype=torch.bool)
+    real = torch.cat([context_mask.bool(), image], dim=1)
+    mask = (real[:, :, None] == real[:, None, :]) & (times[:, None] >= times[None, :])[None]
+    return mask[:, None]
+
+
+def test_prefix_segments_match_the_dense_mask_on_real_tokens():
+    generator = torch.Generator().manual_seed(0)
+    text = 6
+    times = torch.cat([torch.zeros(text), torch.tensor([0.0] * 4 + [1.0] * 4 + [2.0] * 16 + [3.0] * 16)])
+    context_mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    q, k, v = (torch.randn(2, 3, times.shape[0], 8, generator=generator) for _ in range(3))
+
+    mask = joint_attention_mask(context_mask, times)
+    assert mask.segments == [(0, 10), (10, 14), (14, 30), (30, 46)]  # text + frame 0, then one segment per frame
+    ours = masked_attention(q, k, v, mask)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=official_dense_mask(context_mask, times))
+    real = torch.cat([context_mask.bool(), torch.ones(2, times.shape[0] - text, dtype=torch.bool)], dim=1)
+    for b in range(2):
+        torch.testing.assert_close(ours[b][:, real[b]], reference[b][:, real[b]], atol=1e-6, rtol=1e-5)
+
+
+def test_without_temporal_causality_everything_is_one_segment():
+    times = torch.tensor([0.0, 0.0, 0.0, 1.0, 2.0])
+    mask = joint_attention_mask(torch.tensor([[1, 0]]), times, temporal_causal=False)
+    assert mask.segments == [(0, 5)]
+    assert mask.key_mask.tolist() == [[[[True, False, True, True, True]]]]
