@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="bf16 (GPU default) or fp32 (CPU default); fp16 is not supported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-save-memory", action="store_true", help="decode with 512 px tiles and window 2 (more VRAM)")
+    p.add_argument("--no-offload", action="store_true", help="keep every model on the GPU (needs ~40 GB at 768p)")
     p.add_argument("--output", default="pyramid_flow.mp4", help="an .mp4 path, or a folder for PNG frames")
     return p
 
@@ -86,7 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device(args.device)
     folder, tiny = resolve_model(args)
     dtype = DTYPES[args.dtype] if args.dtype else None
-    pipe = PyramidFlowPipeline.from_pretrained(folder, dit_folder=PRESETS[args.resolution][2], device=device, dtype=dtype)
+    offload = False if args.no_offload else None  # None: on for CUDA
+    pipe = PyramidFlowPipeline.from_pretrained(folder, dit_folder=PRESETS[args.resolution][2], device=device, dtype=dtype,
+                                               offload=offload)
     progress = _progress_bar()
     common = dict(negative_prompt=args.negative, seed=args.seed, noise=args.noise, save_memory=not args.no_save_memory, callback=progress)
     if args.image:

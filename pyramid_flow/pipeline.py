@@ -1,6 +1,7 @@
 """Everything wired together: load an official checkpoint folder, encode prompts, sample, decode."""
 
 import os
+from contextlib import contextmanager
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -74,11 +75,28 @@ class PyramidFlowPipeline:
         device: torch.device = torch.device("cpu"),
         dtype: torch.dtype = torch.float32,
         scheduler: Optional[PyramidFlowScheduler] = None,
+        offload: bool = False,
     ):
+        """``offload``: keep the models on the CPU and move each to ``device`` only while it runs (text encoders,
+        then the DiT, then the VAE), the official ``cpu_offloading``; for cards that cannot hold all at once."""
         self.dit, self.vae, self.text_encoder = dit, vae, text_encoder
         self.variant, self.checkpoint = variant, checkpoint
         self.device, self.dtype = torch.device(device), dtype
         self.scheduler = scheduler or PyramidFlowScheduler()
+        self.offload = offload
+
+    @contextmanager
+    def _placed(self, module: torch.nn.Module):
+        """``module`` on the compute device inside the block (and back on the CPU after it when offloading)."""
+        if self.offload:
+            module.to(self.device)
+        try:
+            yield module
+        finally:
+            if self.offload:
+                module.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
 
     @classmethod
     def from_pretrained(
@@ -88,16 +106,24 @@ class PyramidFlowPipeline:
         device: Union[str, torch.device] = "cpu",
         dtype: Optional[torch.dtype] = None,
         load_text_encoder: bool = True,
+        offload: Optional[bool] = None,
     ) -> "PyramidFlowPipeline":
-        """Load an official Hugging Face folder (``rain1011/pyramid-flow-miniflux`` or ``-sd3`` layout)."""
+        """Load an official Hugging Face folder (``rain1011/pyramid-flow-miniflux`` or ``-sd3`` layout).
+
+        ``offload`` defaults to on for CUDA (T5-XXL, DiT and VAE together exceed a 24 GB card at 768p).
+        """
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
+        offload = device.type == "cuda" if offload is None else offload
+        load_device = torch.device("cpu") if offload else device
         dit_path = find_dit_folder(root, dit_folder)
-        dit, info = load_dit(dit_path, dtype=dtype, device=device)
+        dit, info = load_dit(dit_path, dtype=dtype, device=load_device)
         variant = get_variant(info.variant)
-        vae = load_vae(os.path.join(root, VAE_FOLDER), dtype=dtype, device=device)
-        text_encoder = PyramidTextEncoder.from_pretrained(root, variant.name, dtype=dtype, device=device) if load_text_encoder else None
-        return cls(dit, vae, text_encoder, variant, checkpoint_kind(dit_path), device, dtype)
+        vae = load_vae(os.path.join(root, VAE_FOLDER), dtype=dtype, device=load_device)
+        text_encoder = (
+            PyramidTextEncoder.from_pretrained(root, variant.name, dtype=dtype, device=load_device) if load_text_encoder else None
+        )
+        return cls(dit, vae, text_encoder, variant, checkpoint_kind(dit_path), device, dtype, offload=offload)
 
     def encode_prompt(
         self, prompt: Union[str, Sequence[str]], negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT, add_suffix: bool = True
@@ -106,7 +132,8 @@ class PyramidFlowPipeline:
         if self.text_encoder is None:
             raise RuntimeError("this pipeline was loaded without text encoders: pass embeddings to the sampler instead")
         prompts, negatives = effective_prompts(prompt, negative_prompt, add_suffix)
-        return self.text_encoder.encode(prompts), self.text_encoder.encode(negatives)
+        with self._placed(self.text_encoder) as encoder:
+            return encoder.encode(prompts).to(self.device), encoder.encode(negatives).to(self.device)
 
     def check_request(self, width: int, height: int, temp: int) -> None:
         """Fail before any heavy work on an impossible request; warn on sizes the checkpoint was not trained for."""
@@ -145,11 +172,12 @@ class PyramidFlowPipeline:
         """Text-to-video. Returns normalised latents (``output_type='latent'``) or uint8 frames [F, H, W, 3]."""
         self.check_request(width, height, temp)
         cond, uncond = self.encode_prompt(prompt, negative_prompt)
-        sampler = PyramidSampler(self.dit, self._noise(seed, noise), self.device, self.dtype, self.scheduler, callback)
-        latents = sampler.text_to_video(
-            cond, uncond, height=height, width=width, temp=temp, first_frame_steps=num_inference_steps,
-            video_steps=video_num_inference_steps, guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale,
-        )
+        with self._placed(self.dit) as dit:
+            sampler = PyramidSampler(dit, self._noise(seed, noise), self.device, self.dtype, self.scheduler, callback)
+            latents = sampler.text_to_video(
+                cond, uncond, height=height, width=width, temp=temp, first_frame_steps=num_inference_steps,
+                video_steps=video_num_inference_steps, guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale,
+            )
         return latents if output_type == "latent" else self.decode(latents, *DECODE_SETTINGS[save_memory])
 
     def generate_i2v(
@@ -176,18 +204,20 @@ class PyramidFlowPipeline:
         noise = self._noise(seed, noise)
         initial_noise = draw_latent_noise(noise, cond.prompt_embeds.shape[0], temp, image.height, image.width, self.device, self.dtype)
         image_latent = self.encode_image(image, noise)
-        sampler = PyramidSampler(self.dit, noise, self.device, self.dtype, self.scheduler, callback)
-        latents = sampler.image_to_video(
-            cond, uncond, image_latent=image_latent, temp=temp, steps=num_inference_steps,
-            guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale, initial_noise=initial_noise,
-        )
+        with self._placed(self.dit) as dit:
+            sampler = PyramidSampler(dit, noise, self.device, self.dtype, self.scheduler, callback)
+            latents = sampler.image_to_video(
+                cond, uncond, image_latent=image_latent, temp=temp, steps=num_inference_steps,
+                guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale, initial_noise=initial_noise,
+            )
         return latents if output_type == "latent" else self.decode(latents, *DECODE_SETTINGS[save_memory])
 
     @torch.no_grad()
     def encode_image(self, image, noise, tile_sample_min_size: Optional[int] = ENCODE_TILE, **encode_kwargs) -> torch.Tensor:
         """PIL image -> normalised first-frame latent [1, 16, 1, H/8, W/8] (a posterior sample, as the official)."""
         video = image_to_vae_input(image).to(device=self.device, dtype=self.dtype)
-        moments = self.vae.encode(video, tile_sample_min_size=tile_sample_min_size, **encode_kwargs)
+        with self._placed(self.vae) as vae:
+            moments = vae.encode(video, tile_sample_min_size=tile_sample_min_size, **encode_kwargs)
         mean = moments[:, : moments.shape[1] // 2]
         z = posterior_sample(moments, noise.posterior(mean.shape, mean.device, mean.dtype))
         return latent_utils.normalize(z, self.variant)
@@ -195,9 +225,10 @@ class PyramidFlowPipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, window_size: int = 1, tile_sample_min_size: Optional[int] = 256) -> torch.Tensor:
         """Normalised latents -> uint8 frames [F, H, W, 3]."""
-        video = self.vae.decode(
-            latent_utils.denormalize(latents, self.variant), temporal_chunk=True,
-            window_size=window_size, tile_sample_min_size=tile_sample_min_size,
-        )
+        with self._placed(self.vae) as vae:
+            video = vae.decode(
+                latent_utils.denormalize(latents, self.variant), temporal_chunk=True,
+                window_size=window_size, tile_sample_min_size=tile_sample_min_size,
+            )
         return latent_utils.to_uint8(video)
 

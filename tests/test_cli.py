@@ -83,3 +83,24 @@ def test_official_noise_mode_is_selectable_by_name(tiny_root):
     assert not torch.equal(official, pipe.generate("a cat", **kwargs))  # the default source draws another stream
     with pytest.raises(ValueError, match="noise must be"):
         pipe.generate("a cat", noise="philox", **kwargs)
+
+
+def test_offloading_moves_each_model_only_while_it_runs(tiny_root, monkeypatch):
+    """Offload mode places a model on the compute device for its own step and back on the CPU after; the result
+    is the same as with everything resident."""
+    pipe = PyramidFlowPipeline.from_pretrained(tiny_root, offload=True)
+    moves = []
+    for name in ("dit", "vae", "text_encoder"):
+        module = getattr(pipe, name)
+        original = module.to
+
+        def recording_to(*args, _name=name, _original=original, **kwargs):
+            moves.append((_name, str(args[0])))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "to", recording_to)
+    kwargs = dict(height=64, width=64, temp=2, num_inference_steps=1, video_num_inference_steps=1, seed=5)
+    frames = pipe.generate("a cat", **kwargs)
+    assert moves == [("text_encoder", "cpu"), ("text_encoder", "cpu"), ("dit", "cpu"), ("dit", "cpu"), ("vae", "cpu"), ("vae", "cpu")]
+    resident = PyramidFlowPipeline.from_pretrained(tiny_root, offload=False)
+    assert torch.equal(frames, resident.generate("a cat", **kwargs))
