@@ -27,7 +27,7 @@ TESTING_PACK_NAME = "pyramid_flow_testing"
 ARTIFACTS = os.environ.get("PYRAMID_FLOW_ARTIFACTS", os.path.join(REPO_ROOT, "artifacts"))
 
 # Tiny random text encoders with ComfyUI's vocabularies, so ComfyUI's own tokenizers and CLIP classes run on them.
-# Dimensions fit the tiny golden DiTs: T5 d_model 32 = joint_attention_dim; miniFLUX pooled = CLIP-L hidden 32;
+# Dimensions fit the tiny DiTs of pyramid_flow.tiny: T5 d_model 32 = joint_attention_dim; miniFLUX pooled = CLIP-L hidden 32;
 # SD3 pooled 80 = CLIP-L projection 32 + CLIP-G projection 48. CLIP-G keeps 32 layers because ComfyUI tells
 # CLIP-G from CLIP-L by the presence of layer 30; CLIP-L needs 3 layers for SD3's penultimate-layer option.
 TINY_TEXT_ENCODERS = {
@@ -54,11 +54,20 @@ def comfyui_root() -> str:
     return root
 
 
-def golden_checkpoints() -> str:
-    root = os.path.abspath(os.environ.get("PYRAMID_FLOW_GOLDEN", os.path.join(REPO_ROOT, "..", "shared", "golden")))
-    path = os.path.join(root, "checkpoints")
-    require(os.path.isdir(os.path.join(path, "miniflux")), f"tiny checkpoints not found at {path}")
-    return path
+TINY_CHECKPOINTS = os.path.join(REPO_ROOT, ".cache", "tiny_checkpoints")
+
+
+def tiny_checkpoint(variant: str) -> str:
+    """The built-in tiny random-weight checkpoint of ``variant`` in the official layout (built once, seeded).
+
+    The lane makes its own models rather than borrowing a golden set, so a golden set of other sizes or folder
+    names cannot change what the lane runs; its dimensions match TINY_TEXT_ENCODERS.
+    """
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    from pyramid_flow.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(os.path.join(TINY_CHECKPOINTS, variant), variant)
 
 
 def import_comfy():
@@ -99,20 +108,30 @@ def write_tiny_text_encoders(folder: str) -> None:
                 json.dump({"model_name": model_name, "config": config}, f)
 
 
-def _link_repo(golden: str, variant: str, target: str) -> None:
+def _link_repo(variant: str, target: str) -> None:
+    source = tiny_checkpoint(variant)
     os.makedirs(target, exist_ok=True)
-    for name in os.listdir(os.path.join(golden, variant)):
+    for name in os.listdir(source):
         link = os.path.join(target, name)
         if not os.path.lexists(link):
-            os.symlink(os.path.join(golden, variant, name), link)
+            os.symlink(os.path.join(source, name), link)
     link_768 = os.path.join(target, "diffusion_transformer_768p")  # the tiny 384p DiT stands in for 768p
     if not os.path.lexists(link_768):
-        os.symlink(os.path.join(golden, variant, "diffusion_transformer_384p"), link_768)
+        os.symlink(os.path.join(source, "diffusion_transformer_384p"), link_768)
+
+
+def write_example_image(path: str) -> None:
+    """A 320x200 RGB gradient (not the video's aspect ratio, so the resize path is exercised)."""
+    from PIL import Image
+
+    x = torch.linspace(0, 255, 320).to(torch.uint8)
+    y = torch.linspace(0, 255, 200).to(torch.uint8)
+    pixels = torch.stack([x[None].expand(200, -1), y[:, None].expand(-1, 320), torch.full((200, 320), 90, dtype=torch.uint8)], -1)
+    Image.fromarray(pixels.numpy()).save(path)
 
 
 def build_base_dir(base: str) -> str:
     """A ComfyUI --base-directory: the pack and the testing pack linked into custom_nodes, tiny models."""
-    golden = golden_checkpoints()
     for sub in ("custom_nodes", "models", "input", "output", "user", "temp"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     for name, source in ((PACK_DIR_NAME, REPO_ROOT), (TESTING_PACK_NAME, os.path.join(HERE, "testing_pack"))):
@@ -120,16 +139,16 @@ def build_base_dir(base: str) -> str:
         if not os.path.lexists(link):
             os.symlink(source, link)
     models = os.path.join(base, "models")
-    _link_repo(golden, "miniflux", os.path.join(models, "pyramidflow", "pyramid-flow-miniflux"))
-    _link_repo(golden, "sd3", os.path.join(models, "pyramidflow", "pyramid-flow-sd3"))
+    _link_repo("miniflux", os.path.join(models, "pyramidflow", "pyramid-flow-miniflux"))
+    _link_repo("sd3", os.path.join(models, "pyramidflow", "pyramid-flow-sd3"))
     write_tiny_text_encoders(os.path.join(models, "text_encoders"))
     wrong = os.path.join(models, "diffusion_models", "not_a_pyramid_dit.safetensors")
     os.makedirs(os.path.dirname(wrong), exist_ok=True)
     if not os.path.isfile(wrong):
-        shutil.copy(os.path.join(golden, "miniflux", "causal_video_vae", "diffusion_pytorch_model.safetensors"), wrong)
-    image = os.path.join(golden, "..", "cases", "miniflux_i2v_input.png")
-    if os.path.isfile(image):
-        shutil.copy(image, os.path.join(base, "input", "pyramid_flow_example.png"))
+        shutil.copy(os.path.join(tiny_checkpoint("miniflux"), "causal_video_vae", "diffusion_pytorch_model.safetensors"), wrong)
+    image = os.path.join(base, "input", "pyramid_flow_example.png")
+    if not os.path.isfile(image):
+        write_example_image(image)
     return base
 
 

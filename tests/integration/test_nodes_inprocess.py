@@ -230,7 +230,7 @@ def test_missing_model_errors_and_optional_download(comfy_env, base_dir, monkeyp
 
     from pyramid_flow_pack.nodes import models
 
-    golden = os.path.join(harness.golden_checkpoints(), "miniflux")
+    repository = harness.tiny_checkpoint("miniflux")
     root = os.path.join(base_dir, "models", "pyramidflow")
     moved = os.path.join(base_dir, "moved_miniflux")
     os.rename(os.path.join(root, "pyramid-flow-miniflux"), moved)
@@ -240,14 +240,14 @@ def test_missing_model_errors_and_optional_download(comfy_env, base_dir, monkeyp
         fetched, progress = [], []
 
         def fake_snapshot_download(repo_id, *, local_dir, allow_patterns, tqdm_class=None):
-            """The repository as the golden miniflux folder; copies what the patterns select, with a tqdm bar."""
+            """The repository as the tiny miniflux folder; copies what the patterns select, with a tqdm bar."""
             assert repo_id == "rain1011/pyramid-flow-miniflux"
-            files = [os.path.relpath(os.path.join(d, f), golden) for d, _, names in os.walk(golden) for f in names]
+            files = [os.path.relpath(os.path.join(d, f), repository) for d, _, names in os.walk(repository) for f in names]
             files = sorted(f for f in files if any(fnmatch.fnmatch(f, p) for p in allow_patterns))
             bar = tqdm_class(total=len(files))
             for filename in files:
                 os.makedirs(os.path.join(local_dir, os.path.dirname(filename)), exist_ok=True)
-                shutil.copy(os.path.join(golden, filename), os.path.join(local_dir, filename))
+                shutil.copy(os.path.join(repository, filename), os.path.join(local_dir, filename))
                 fetched.append(filename)
                 bar.update(1)
                 progress.append(bar.node_bar.current)
