@@ -130,8 +130,7 @@ def _write_text_encoders(root: str, variant: str, generator: torch.Generator) ->
         _write_clip_tokenizer(os.path.join(root, tokenizer), pad_token="!" if encoder == "text_encoder_2" else "<|endoftext|>")
     vocab_size = _write_t5_tokenizer(os.path.join(root, tokenizer_folders[-1]))
     config = T5Config(vocab_size=vocab_size, d_model=T5_SIZE, d_kv=8, d_ff=2 * T5_SIZE, num_layers=2, num_heads=4,
-                      feed_forward_proj="gated-gelu", relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                      tie_word_embeddings=False)
+                      feed_forward_proj="gated-gelu", relative_attention_num_buckets=8, relative_attention_max_distance=16)
     config.architectures = ["T5EncoderModel"]
     _write_transformers_model(os.path.join(root, text_folders[-1]), config, generator)
 
@@ -144,7 +143,10 @@ def _write_transformers_model(folder: str, config, generator: torch.Generator) -
         model = model_class(config)
     os.makedirs(folder, exist_ok=True)
     config.save_pretrained(folder)
-    save_file(_random_state_dict(model, generator), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    state_dict = _random_state_dict(model, generator)
+    if "shared.weight" in state_dict:  # T5 ties its input embedding to the shared one
+        state_dict["encoder.embed_tokens.weight"] = state_dict["shared.weight"].clone()
+    save_file(state_dict, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
 
 
 def build_tiny_checkpoint(root: str, variant: str = "miniflux", dit_folder: str = "diffusion_transformer_384p", seed: int = 0) -> str:

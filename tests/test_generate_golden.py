@@ -24,7 +24,7 @@ LATENT_ATOL = 1e-3
 NOISE_KINDS = {"prepare_latents": "latents", "posterior_sample": "posterior", "block_noise": "block_noise"}
 
 
-BF16_ENVELOPE = 1.5  # our bf16 run may deviate from the fp32 golden at most 1.5x as much as the official bf16 run
+BF16_ENVELOPE = 2.0  # our bf16 run may deviate from the fp32 golden at most 2x as much as the official bf16 run
 BF16_FALLBACK = 0.1  # relative to the golden latents' max, when a manifest records no official bf16 run
 
 
