@@ -227,10 +227,7 @@ class CausalVideoVAE(nn.Module):
         window = self._window(temporal_chunk, window_size)
         if window is not None and (video.shape[2] - 1) % (1 << self.temporal_downs):
             raise ValueError(f"Chunked encode needs 1 + {1 << self.temporal_downs}k frames; got {video.shape[2]}.")
-        grid = None
-        if tile_sample_min_size is not None:
-            tile_latent = int(tile_sample_min_size / self.downsample_scale)
-            grid = tile_grid(*video.shape[3:], tile_sample_min_size, tile_latent, tile_overlap, self.encoded_size)
+        grid = self._tile_grid(video, tile_sample_min_size, tile_overlap, encode=True)
         if grid is None:
             return _cat_frames(self._encode_stream(video, window))
         assembler = TileAssembler(grid)
@@ -287,11 +284,18 @@ class CausalVideoVAE(nn.Module):
     def _decode_plan(self, latent, temporal_chunk, window_size, tile_sample_min_size, tile_overlap):
         if latent.dim() != 5 or latent.shape[1] != self.latent_channels:
             raise ValueError(f"latent must be [B, {self.latent_channels}, T, h, w]; got shape {tuple(latent.shape)}.")
-        grid = None
-        if tile_sample_min_size is not None:
-            tile_latent = int(tile_sample_min_size / self.downsample_scale)
-            grid = tile_grid(*latent.shape[3:], tile_latent, tile_sample_min_size, tile_overlap, self.decoded_size)
+        grid = self._tile_grid(latent, tile_sample_min_size, tile_overlap, encode=False)
         return self._window(temporal_chunk, window_size), grid
+
+    def _tile_grid(self, x: torch.Tensor, tile_sample_min_size: Optional[int], tile_overlap: float,
+                   encode: bool) -> Optional[TileGrid]:
+        """The official tiles of x (pixels to encode, latents to decode), or None without tiling."""
+        if tile_sample_min_size is None:
+            return None
+        pixels, latents = tile_sample_min_size, int(tile_sample_min_size / self.downsample_scale)
+        if encode:
+            return tile_grid(*x.shape[3:], pixels, latents, tile_overlap, self.encoded_size)
+        return tile_grid(*x.shape[3:], latents, pixels, tile_overlap, self.decoded_size)
 
     @staticmethod
     def _window(temporal_chunk: bool, window_size: int) -> Optional[int]:
