@@ -10,17 +10,18 @@ import torch
 
 from ..pyramid_flow import latents as latent_utils
 from ..pyramid_flow.loading import hub
+from ..pyramid_flow.text.embeddings import TEXT_TOKENS
 
 FPS = latent_utils.FPS
 SIZE_STEP = latent_utils.RESOLUTION_MULTIPLE  # 64 = VAE 8 x pyramid 4 x patch 2
 MAX_SIZE = 4096
-T5_TOKENS = 128  # the official tokenizer_2/3 max_length
+T5_TOKENS = TEXT_TOKENS  # the official tokenizer_2/3 max_length
 T5_EOS, T5_PAD = 1, 0
 MAX_SECONDS = 20.0
 
 # Known Hugging Face repos: folder name under models/pyramidflow/ -> repo id
 HF_REPOS = {repo_id.split("/")[1]: repo_id for repo_id in hub.REPOS.values()}
-VIDEO_DIT_FOLDERS = ("diffusion_transformer_384p", "diffusion_transformer_768p")  # both repositories have them
+VIDEO_DIT_FOLDERS = hub.VIDEO_DIT_FOLDERS
 VAE_FOLDER = hub.VAE_FOLDER
 
 
@@ -92,16 +93,15 @@ def check_image(image: torch.Tensor, what: str = "image") -> None:
         raise ValueError(f"The {what} contains NaN or infinite values.")
 
 
-def resize_image(image: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
-    """IMAGE [1, H, W, C] -> [1, height, width, 3], aspect preserved ('crop' fills and centre-crops, 'pad'
-    letterboxes), through the same PIL LANCZOS path as the official app (pyramid_flow.image.resize_to)."""
+def first_frame_input(image: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
+    """IMAGE [1, H, W, C] -> VAE input [1, 3, 1, height, width] in [-1, 1], aspect preserved ('crop' fills and
+    centre-crops, 'pad' letterboxes), through the official app's PIL LANCZOS resize and uint8 -> [-1, 1] conversion
+    (pyramid_flow.image)."""
     from ..pyramid_flow.image import image_to_vae_input, resize_to
 
     if image.shape[-1] == 1:
         image = image.expand(*image.shape[:-1], 3)
-    pil = resize_to(image[0, ..., :3].cpu(), width, height, mode=mode)
-    video = image_to_vae_input(pil)  # [1, 3, 1, H, W] in [-1, 1]
-    return ((video + 1) / 2)[:, :, 0].permute(0, 2, 3, 1)
+    return image_to_vae_input(resize_to(image[0, ..., :3].cpu(), width, height, mode=mode))
 
 
 def stage_list(a: int, b: int, c: int) -> List[int]:

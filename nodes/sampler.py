@@ -12,20 +12,18 @@ import latent_preview
 from ..pyramid_flow import latents as latent_utils
 from ..pyramid_flow.noise import NoiseSource
 from ..pyramid_flow.pipeline import ENCODE_TILE
-from ..pyramid_flow.sampler import PyramidSampler, count_dit_steps, draw_latent_noise
+from ..pyramid_flow.sampler import PyramidSampler, count_dit_steps, draw_latent_noise, draw_posterior_sample
 from ..pyramid_flow.scheduler import PyramidFlowScheduler
 from ..pyramid_flow.text import TextEmbeddings
 from ..pyramid_flow.variants import get_variant
-from ..pyramid_flow.vae import posterior_sample
 from . import models
-from .common import (MAX_SECONDS, MAX_SIZE, SIZE_STEP, check_image, check_size, describe_duration, image_to_video,
-                     max_tokens, memory_estimate_dit, resize_image, stage_list)
+from .common import (MAX_SECONDS, MAX_SIZE, SIZE_STEP, check_image, check_size, describe_duration, first_frame_input,
+                     max_tokens, memory_estimate_dit, stage_list)
 from .loaders import MODEL_TYPE, VAE_TYPE
-from .text import conditioning_to_embeddings, conditioning_variant
+from .text import VARIANT_KEY, conditioning_to_embeddings, conditioning_variant
 
 log = logging.getLogger("pyramid_flow")
 MOMENTS_KEY = "pyramid_flow_moments"
-VARIANT_KEY = "pyramid_flow_variant"
 
 
 class PyramidFlowLatentFormat(comfy.latent_formats.LatentFormat):
@@ -84,9 +82,7 @@ def first_frame_latent(image_latent: dict, noise, variant, device, dtype) -> tor
     after the video noise), else the first frame of a raw LATENT."""
     moments = image_latent.get(MOMENTS_KEY)
     if moments is not None:
-        moments = moments.to(device=device, dtype=dtype)
-        mean = moments[:, : moments.shape[1] // 2]
-        z = posterior_sample(moments, noise.posterior(mean.shape, device, dtype))
+        z = draw_posterior_sample(noise, moments.to(device=device, dtype=dtype))
     else:
         z = image_latent["samples"]
         z = (z if z.dim() == 5 else z.unsqueeze(2))[:, :, :1].to(device=device, dtype=dtype)
@@ -239,10 +235,10 @@ class PyramidFlowVideoImageToVideo:
         problem = check_size(width, height)
         if problem:
             raise ValueError(problem)
-        resized = resize_image(image[:1], width, height, resize_mode)
+        video = first_frame_input(image[:1], width, height, resize_mode)
         mm.load_models_gpu([vae], memory_required=vae_memory(height, width, 9, 256, vae.model.dtype_))
         module = vae.model.vae
-        video = image_to_video(resized).to(device=vae.load_device, dtype=vae.model.dtype_)
+        video = video.to(device=vae.load_device, dtype=vae.model.dtype_)
         with torch.no_grad():
             moments = module.encode(video, tile_sample_min_size=ENCODE_TILE).float()
         moments = moments.to(mm.intermediate_device())

@@ -9,21 +9,20 @@ import torch
 from . import latents as latent_utils
 from .dit import load_dit
 from .image import ImageLike, image_to_vae_input, resize_to, to_pil
+from .loading.hub import DIT_FOLDERS, VAE_FOLDER
 from .loading.state_dict import CheckpointError
 from .noise import NoiseSource, OfficialNoise
-from .sampler import PyramidSampler, StepCallback, draw_latent_noise
+from .sampler import PyramidSampler, StepCallback, draw_latent_noise, draw_posterior_sample
 from .scheduler import PyramidFlowScheduler
 from .text import PyramidTextEncoder, TextEmbeddings
 from .variants import Variant, get_variant
-from .vae import load_vae, posterior_sample
+from .vae import load_vae
 
 PROMPT_SUFFIX = ", hyper quality, Ultra HD, 8K"
 DEFAULT_NEGATIVE_PROMPT = (
     "cartoon style, worst quality, low quality, blurry, absolute black, absolute white, low res, extra limbs, "
     "extra digits, misplaced objects, mutated anatomy, monochrome, horror"
 )
-DIT_FOLDERS = ("diffusion_transformer_384p", "diffusion_transformer_768p", "diffusion_transformer_image")
-VAE_FOLDER = "causal_video_vae"
 # decode_latent(save_memory): (temporal window in latent frames, spatial tile in pixels)
 DECODE_SETTINGS = {True: (1, 256), False: (2, 512)}
 ENCODE_TILE = 256  # the official VAE's default tile when tiling is enabled
@@ -218,9 +217,7 @@ class PyramidFlowPipeline:
         video = image_to_vae_input(image).to(device=self.device, dtype=self.dtype)
         with self._placed(self.vae) as vae:
             moments = vae.encode(video, tile_sample_min_size=tile_sample_min_size, **encode_kwargs)
-        mean = moments[:, : moments.shape[1] // 2]
-        z = posterior_sample(moments, noise.posterior(mean.shape, mean.device, mean.dtype))
-        return latent_utils.normalize(z, self.variant)
+        return latent_utils.normalize(draw_posterior_sample(noise, moments), self.variant)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, window_size: int = 1, tile_sample_min_size: Optional[int] = 256) -> torch.Tensor:

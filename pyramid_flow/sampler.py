@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .scheduler import PyramidFlowScheduler
 from .text.embeddings import TextEmbeddings
+from .vae.model import posterior_sample
 
 NUM_STAGES = 3
 LATENT_CHANNELS = 16
@@ -159,6 +160,13 @@ class _Run:
 def draw_latent_noise(noise, batch: int, temp: int, height: int, width: int, device, dtype) -> torch.Tensor:
     """The full-resolution latent noise of a run [B, 16, temp, H/8, W/8] (always the run's first draw)."""
     return noise.latents((batch, LATENT_CHANNELS, temp, height // 8, width // 8), device, dtype)
+
+
+def draw_posterior_sample(noise, moments: torch.Tensor) -> torch.Tensor:
+    """A VAE posterior sample [B, C, T, h, w] from moments [B, 2C, T, h, w], its noise drawn from ``noise`` (the
+    image-to-video run's second draw, after the latent noise)."""
+    mean = moments[:, : moments.shape[1] // 2]
+    return posterior_sample(moments, noise.posterior(mean.shape, mean.device, mean.dtype))
 
 
 class PyramidSampler:

@@ -82,7 +82,7 @@ def test_resize_keeps_aspect(mode):
     # a wide image with a white left half: crop keeps the centre, pad adds black bars top and bottom
     image = torch.zeros(1, 100, 400, 3)
     image[:, :, :200] = 1.0
-    out = common.resize_image(image, 128, 64, mode)
+    out = (common.first_frame_input(image, 128, 64, mode)[:, :, 0].permute(0, 2, 3, 1) + 1) / 2  # back to [0, 1]
     assert out.shape == (1, 64, 128, 3)
     if mode == "pad":
         assert out[0, 0].max() == 0 and out[0, -1].max() == 0  # letterbox rows
@@ -92,8 +92,8 @@ def test_resize_keeps_aspect(mode):
 
 
 def test_resize_grayscale_and_rgba():
-    assert common.resize_image(torch.rand(1, 64, 64, 1), 64, 64, "crop").shape == (1, 64, 64, 3)
-    assert common.resize_image(torch.rand(1, 64, 64, 4), 128, 64, "pad").shape == (1, 64, 128, 3)
+    assert common.first_frame_input(torch.rand(1, 64, 64, 1), 64, 64, "crop").shape == (1, 3, 1, 64, 64)
+    assert common.first_frame_input(torch.rand(1, 64, 64, 4), 128, 64, "pad").shape == (1, 3, 1, 64, 128)
 
 
 def test_token_bound_grows_with_history():

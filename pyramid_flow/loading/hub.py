@@ -13,7 +13,9 @@ from ..variants import Variant, get_variant
 from .state_dict import WEIGHT_FILE_NAMES, CheckpointError
 
 REPOS = {"sd3": "rain1011/pyramid-flow-sd3", "miniflux": "rain1011/pyramid-flow-miniflux"}
-DEFAULT_DIT_FOLDER = "diffusion_transformer_384p"
+DIT_FOLDERS = ("diffusion_transformer_384p", "diffusion_transformer_768p", "diffusion_transformer_image")
+VIDEO_DIT_FOLDERS = DIT_FOLDERS[:2]  # in both repositories; the image DiT is miniFLUX only
+DEFAULT_DIT_FOLDER = DIT_FOLDERS[0]
 VAE_FOLDER = "causal_video_vae"
 COMPONENTS = ("dit", "vae", "text")
 
