@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from tolerance import assert_within_ulps
+
 from pyramid_flow.noise import (
     OFFICIAL_BLOCK_FACTOR,
     NoiseSource,
@@ -56,7 +58,8 @@ def test_official_mode_reproduces_the_per_block_multivariate_normal_loop():
     n_blocks = 3 * 3 * 5
     reference = blocks_to_image(torch.stack([distribution.sample() for _ in range(n_blocks)]), shape)
     ours = OfficialNoise(21).block_noise(shape, torch.device("cpu"), torch.float32)
-    assert torch.equal(ours, reference)
+    # the same eps stream; the 4x4 mix is summed by another routine than MultivariateNormal's matvec
+    assert_within_ulps(ours, reference, name="official block noise")
 
 
 def test_official_mode_draws_latents_then_block_noise_from_one_cpu_stream():

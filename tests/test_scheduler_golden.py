@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from golden import case_params, require_case, tensors
+from tolerance import assert_within_ulps
 from pyramid_flow.scheduler import PyramidFlowScheduler
 
 
@@ -72,4 +73,5 @@ def test_euler_steps(case):
         grid = scheduler.stage_grid(steps, stage)
         for k in range(expected.shape[0]):
             sample = scheduler.step(velocity, sample, grid.sigmas[k], grid.sigmas[k + 1])
-            assert torch.equal(sample, expected[k])
+            # x0 is a float32 randn, whose last bits differ between CPU instruction sets (AVX-512 vs generic)
+            assert_within_ulps(sample, expected[k], name=f"{prefix} euler step {k}")

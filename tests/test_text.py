@@ -53,6 +53,7 @@ def test_clip_without_projection_is_refused_for_sd3(tmp_path):
         PyramidTextEncoder.from_pretrained(root, "sd3")
 
 
+@pytest.mark.bf16
 @pytest.mark.parametrize("variant", ["sd3", "miniflux"])
 def test_outputs_in_requested_dtype(variant):
     manifest()

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import harness
 from prompts import NEGATIVE, PROMPT, TINY, video_prompt
+from tolerance import assert_within_ulps
 
 NODES = {
     "PyramidFlowVideoModelLoader": (["model", "weight_dtype", "download_if_missing"], ["PYRAMID_FLOW_VIDEO_MODEL"]),
@@ -108,10 +109,11 @@ def test_nodes_equal_pyramid_flow_direct(server, base_dir, variant):
                             video_guidance_scale=TINY["video_guidance_scale"], negative_prompt=NEGATIVE,
                             seed=TINY["seed"], output_type="latent")
     raw = latent_utils.denormalize(latents, pipe.variant)
-    torch.testing.assert_close(saved["latent"], raw, rtol=0, atol=0)
+    # another process, the same code: a few ulps, not bit equality
+    assert_within_ulps(saved["latent"], raw, name="latent")
     video = pipe.vae.decode(raw, temporal_chunk=True, window_size=1, tile_sample_min_size=256)
     images = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).flatten(0, 1)
-    torch.testing.assert_close(saved["images"], images, rtol=0, atol=0)
+    assert_within_ulps(saved["images"], images, name="images")
     # and the official uint8 frames agree with the node images to within one level
     direct_uint8 = pipe.decode(latents, 1, 256).float()
     assert (saved["images"] * 255 - direct_uint8).abs().max() <= 1.0

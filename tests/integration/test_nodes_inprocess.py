@@ -8,6 +8,7 @@ import torch
 
 import harness
 from prompts import NEGATIVE, PROMPT, TINY
+from tolerance import assert_within_ulps
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def test_partial_load_gives_the_same_video(comfy_env, monkeypatch):
     assert any(getattr(m, "comfy_cast_weights", False) for m in dit2.model.modules())
     monkeypatch.setattr(mm, "load_models_gpu", lambda *args, **kwargs: None)
     partial = _sample(comfy_env, dit2)[0]["samples"]
-    torch.testing.assert_close(partial, full, rtol=0, atol=0)
+    assert_within_ulps(partial, full, name="partial load")  # weights cast per call vs resident: another path
 
 
 def test_core_conditioning_is_rejected_with_a_clear_message(comfy_env):
