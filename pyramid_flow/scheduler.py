@@ -6,7 +6,7 @@ the timesteps fed to the DiT and the Euler step sizes match bit for bit.
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -69,8 +69,7 @@ class PyramidFlowScheduler:
             end_sigma = self.global_sigmas[end_index].item() if end_index < n else 0.0
             self.ori_start_sigmas.append(start_sigma)
             if i > 0:
-                signal = 1 - start_sigma
-                start_sigma = 1 - signal / (math.sqrt(1 + 1 / self.gamma) * (1 - signal) + signal)
+                start_sigma = 1 - self.renoise(i, start_sigma).alpha * (1 - start_sigma)
             self.start_sigmas.append(start_sigma)
             self.end_sigmas.append(end_sigma)
 
@@ -102,10 +101,16 @@ class PyramidFlowScheduler:
         sigmas = torch.cat([torch.from_numpy(sigmas), torch.zeros(1, dtype=torch.float64)])
         return StageGrid(timesteps=torch.from_numpy(timesteps), sigmas=sigmas)
 
-    def renoise(self, stage: int) -> Renoise:
-        """Coefficients for entering ``stage`` (> 0) from the previous stage's end point."""
-        signal = 1 - self.ori_start_sigmas[stage]
-        alpha = 1 / (math.sqrt(1 + 1 / self.gamma) * (1 - signal) + signal)
+    def renoise(self, stage: int, ori_start_sigma: Optional[float] = None) -> Renoise:
+        """Coefficients for entering ``stage`` (> 0) from the previous stage's end point.
+
+        With the signal coefficient s = 1 - ori_start_sigma: alpha = 1 / (sqrt(1 + 1/gamma) (1 - s) + s) and
+        beta = alpha (1 - s) / sqrt(gamma). The corrected stage start is 1 - alpha s: the official
+        ``init_sigmas_for_each_stage`` forms the reciprocal first and multiplies by s after, which is one float64
+        ulp away from 1 - s / (...) for some shift and gamma values, so the same order is kept here.
+        """
+        signal = 1 - (self.ori_start_sigmas[stage] if ori_start_sigma is None else ori_start_sigma)
+        alpha = 1 / (math.sqrt(1 + (1 / self.gamma)) * (1 - signal) + signal)
         beta = alpha * (1 - signal) / math.sqrt(self.gamma)
         return Renoise(alpha=alpha, beta=beta)
 
