@@ -9,7 +9,11 @@ import torch
 from .variants import Variant
 
 FPS = 24
+LATENT_CHANNELS = 16  # the VAE's latent channels = the DiT's input and output channels
+SPATIAL_SCALE = 8  # pixels per latent pixel (the VAE's spatial compression)
+TEMPORAL_SCALE = 8  # pixel frames per latent frame after the first (the VAE's causal temporal compression)
 RESOLUTION_MULTIPLE = 64  # VAE 8 x pyramid 4 x patch 2
+TRAINED_LATENT_FRAMES = 31  # the longest video the checkpoints were trained on (768p, 10 s); temporal ids 0..30
 TRAINED_RESOLUTIONS = {
     "384p": ((640, 384),),
     "768p": ((1280, 768),),
@@ -39,13 +43,30 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
 
 
 def frames_for_temp(temp: int) -> int:
-    """Pixel frames decoded from ``temp`` latent frames."""
-    return 8 * temp - 7
+    """Pixel frames decoded from ``temp`` latent frames: the first latent frame is one image, each later one 8."""
+    return TEMPORAL_SCALE * (temp - 1) + 1
 
 
 def temp_for_seconds(seconds: float, fps: int = FPS) -> int:
     """Latent frames needed for at least ``seconds`` of video (5 s -> 16, 10 s -> 31)."""
-    return max(1, math.ceil((seconds * fps - 1) / 8) + 1)
+    return max(1, math.ceil((seconds * fps - 1) / TEMPORAL_SCALE) + 1)
+
+
+def units_for_seconds(seconds: float, fps: int = FPS) -> int:
+    """Latent frames (units) that add at least ``seconds`` to a video: 8 frames, 1/3 s at 24 fps, each."""
+    return max(1, math.ceil(seconds * fps / TEMPORAL_SCALE - 1e-9))
+
+
+def temp_for_frames(frames: int) -> int:
+    """Latent frames of an encoded video of ``frames`` pixel frames (1 + 8k frames -> 1 + k)."""
+    return (frames - 1) // TEMPORAL_SCALE + 1
+
+
+def unit_at_seconds(seconds: float, fps: int = FPS) -> int:
+    """The unit (latent frame) whose pixel frames hold the moment ``seconds``: unit 0 is frame 0, unit u >= 1
+    decodes to frames 8 (u - 1) + 1 .. 8 u."""
+    frame = round(seconds * fps)
+    return 0 if frame <= 0 else (frame - 1) // TEMPORAL_SCALE + 1
 
 
 def check_resolution(width: int, height: int) -> None:
@@ -93,4 +114,9 @@ def warn_resolution(width: int, height: int, temp: int, checkpoint: Optional[str
 
 def latent_size(width: int, height: int) -> Tuple[int, int]:
     """(h, w) of the full-resolution latent."""
-    return height // 8, width // 8
+    return height // SPATIAL_SCALE, width // SPATIAL_SCALE
+
+
+def pixel_size(latent: torch.Tensor) -> Tuple[int, int]:
+    """(height, width) in pixels of a latent [..., h, w]."""
+    return latent.shape[-2] * SPATIAL_SCALE, latent.shape[-1] * SPATIAL_SCALE

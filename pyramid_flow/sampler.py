@@ -1,34 +1,47 @@
-"""The autoregressive pyramidal sampler: text-to-video (and text-to-image, temp=1) and image-to-video.
+"""The autoregressive pyramidal sampler: text-to-video (and text-to-image, temp=1), image-to-video, and video
+extension, on normalised latents.
 
-Works on normalised latents. One *unit* is one latent frame; each unit runs the three-stage spatial pyramid
-(lowest resolution first, nearest x2 upsample + correlated renoise between stages) conditioned on a temporal
-pyramid of the frames generated before it.
+One *unit* is one latent frame. Each unit runs the spatial pyramid (lowest resolution first, nearest x2 upsample
+and correlated renoise between stages) conditioned on a temporal pyramid of the frames before it (the *history*).
+A video is its history of clean latents, so extending a video is running more units against it; units are
+numbered by their frame in the final video, and the default noise is keyed by that number, so a longer single run
+and a run extended later give the same frames.
+
+``history_window`` bounds the history: at most K past frames, the first (the anchor an image-to-video user cares
+about) and the K - 1 most recent, which keeps the token count and memory of every DiT call flat however long the
+video grows. The DiT numbers frames by their place in the sequence, so temporal positions stay within 0..K.
+
+Shapes: B batch, C latent channels, T frames, h/w latent height and width at full resolution.
 """
 
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from .latents import LATENT_CHANNELS, SPATIAL_SCALE, TRAINED_LATENT_FRAMES, normalize
+from .noise import NoiseSource, draw_posterior
 from .scheduler import PyramidFlowScheduler
-from .text.embeddings import TextEmbeddings
-from .vae.model import posterior_sample
+from .text.embeddings import TEXT_TOKENS, TextEmbeddings
+from .text.schedule import PromptSchedule
+from .variants import Variant
 
-NUM_STAGES = 3
-LATENT_CHANNELS = 16
+Steps = Union[Sequence[int], int]
+Conditioning = Union[TextEmbeddings, PromptSchedule]
 
 
 @dataclass
 class StepInfo:
     """What a progress callback sees after every DiT step."""
 
-    unit: int  # index of the latent frame being generated
-    num_units: int
+    unit: int  # the latent frame being generated (its index in the whole video)
+    num_units: int  # latent frames of the whole video
     stage: int
     step: int
     steps_in_stage: int
-    done: int  # DiT steps finished so far, over the whole run
+    done: int  # DiT steps finished so far in this run
     total: int
     timestep: float
     sample: torch.Tensor  # the latent fed to this step [B, C, 1, h, w]
@@ -39,22 +52,22 @@ class StepInfo:
 StepCallback = Callable[[StepInfo], None]
 
 
-def stage_steps(steps: Sequence[int] | int) -> List[int]:
+def stage_steps(steps: Steps, stages: int) -> List[int]:
     """An int or a per-stage list -> one step count per stage."""
-    steps = [steps] * NUM_STAGES if isinstance(steps, int) else list(steps)
-    if len(steps) != NUM_STAGES or min(steps) < 1:
-        raise ValueError(f"steps must be {NUM_STAGES} positive integers (one per pyramid stage), got {steps}")
+    steps = [steps] * stages if isinstance(steps, int) else list(steps)
+    if len(steps) != stages or min(steps) < 1:
+        raise ValueError(f"steps must be {stages} positive integers (one per pyramid stage), got {steps}")
     return steps
 
 
-def count_dit_steps(temp: int, first_frame_steps: Sequence[int] | int, video_steps: Sequence[int] | int, i2v: bool = False) -> int:
-    """DiT calls of a whole run (the progress bar's total)."""
-    if i2v:
-        return (temp - 1) * sum(stage_steps(video_steps))
-    return sum(stage_steps(first_frame_steps)) + (temp - 1) * sum(stage_steps(video_steps))
+def count_dit_steps(new_units: int, first_frame_steps: Steps, video_steps: Steps, stages: int, from_scratch: bool) -> int:
+    """DiT calls of a run that generates ``new_units`` frames (the progress bar's total); ``from_scratch``: the
+    first of them has no history and runs ``first_frame_steps``."""
+    first = sum(stage_steps(first_frame_steps, stages)) if from_scratch and new_units else 0
+    return first + (new_units - (1 if first else 0)) * sum(stage_steps(video_steps, stages))
 
 
-def _per_frame(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def per_frame(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Apply a 2-D op to every frame of [B, C, T, H, W]."""
     b, c, t = x.shape[:3]
     frames = fn(x.permute(0, 2, 1, 3, 4).flatten(0, 1))
@@ -64,46 +77,84 @@ def _per_frame(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> t
 def halve(x: torch.Tensor) -> torch.Tensor:
     """Bilinear (align_corners=False) downsample to floor(h/2) x floor(w/2), per frame."""
     size = (x.shape[-2] // 2, x.shape[-1] // 2)
-    return _per_frame(x, lambda f: F.interpolate(f, size=size, mode="bilinear"))
+    return per_frame(x, lambda f: F.interpolate(f, size=size, mode="bilinear"))
 
 
-def noise_pyramid_bottom(noise: torch.Tensor) -> torch.Tensor:
+def noise_pyramid_bottom(noise: torch.Tensor, stages: int) -> torch.Tensor:
     """Full-resolution noise -> the stage-0 noise: bilinear 1/2 and x2, once per lower stage (keeps unit variance)."""
-    for _ in range(NUM_STAGES - 1):
+    for _ in range(stages - 1):
         noise = halve(noise) * 2
     return noise
 
 
-def latent_pyramid(latents: torch.Tensor) -> List[torch.Tensor]:
-    """Clean latents -> [1/4, 1/2, full] resolution copies (bilinear, no rescale)."""
+def latent_pyramid(latents: torch.Tensor, stages: int) -> List[torch.Tensor]:
+    """Clean latents -> one copy per stage, lowest resolution first (bilinear 1/2 per level, no rescale)."""
     levels = [latents]
-    for _ in range(NUM_STAGES - 1):
+    for _ in range(stages - 1):
         levels.append(halve(levels[-1]))
     return levels[::-1]
 
 
-def history_clips(generated: List[torch.Tensor]) -> List[List[torch.Tensor]]:
-    """Per stage, the condition clips for the next unit, oldest first.
+HistoryPlan = List[List[Tuple[int, int, int]]]  # per stage: clips as (level, first frame, end frame), oldest first
 
-    The newest frame is taken at the stage's level; walking back, each older frame drops one level until level 0,
-    where all remaining older frames form one clip.
+
+def history_plan(num_frames: int, stages: int) -> HistoryPlan:
+    """Which frames of the history each stage sees, at which pyramid level (official ``generate`` history rule).
+
+    The newest frame is taken at the stage's level; walking back, each older frame drops one level until level
+    0, where all remaining older frames form one clip.
     """
-    levels = latent_pyramid(torch.cat(generated, dim=2))
-    num_frames = len(generated)
-    per_stage = []
-    for stage in range(NUM_STAGES):
-        clips = [levels[stage][:, :, -1:]]
+    plan = []
+    for stage in range(stages):
+        clips = [(stage, num_frames - 1, num_frames)]
         level, used = stage, 1
         while used < num_frames:
             level = max(level - 1, 0)
             if level == 0:
                 break
             used += 1
-            clips.append(levels[level][:, :, -used : num_frames - used + 1])
-        if level == 0 and used < num_frames:
-            clips.append(levels[0][:, :, : num_frames - used])
-        per_stage.append(clips[::-1])
-    return per_stage
+            clips.append((level, num_frames - used, num_frames - used + 1))
+        if used < num_frames:
+            clips.append((0, 0, num_frames - used))
+        plan.append(clips[::-1])
+    return plan
+
+
+def history_clips(frames: torch.Tensor, stages: int) -> List[List[torch.Tensor]]:
+    """History frames [B, C, T, h, w] -> per stage, the condition clips for the next unit, oldest first."""
+    levels = latent_pyramid(frames, stages)
+    return [[levels[level][:, :, start:end] for level, start, end in clips]
+            for clips in history_plan(frames.shape[2], stages)]
+
+
+def window_frames(num_frames: int, history_window: Optional[int]) -> List[int]:
+    """Indices of the past frames a unit sees: all of them, or the first plus the newest ``history_window - 1``."""
+    if history_window is None or num_frames <= history_window:
+        return list(range(num_frames))
+    return [0] + list(range(num_frames - history_window + 1, num_frames))
+
+
+def check_history_window(history_window: Optional[int]) -> None:
+    if history_window is not None and not 2 <= history_window <= TRAINED_LATENT_FRAMES - 1:
+        raise ValueError(
+            f"history_window {history_window} must be between 2 (the first frame and the newest) and "
+            f"{TRAINED_LATENT_FRAMES - 1} (the checkpoints were trained on {TRAINED_LATENT_FRAMES} latent frames), "
+            "or None for the whole history."
+        )
+
+
+def max_sequence_length(height: int, width: int, history_frames: int, stages: int = 3, patch_size: int = 2,
+                        text_tokens: int = TEXT_TOKENS) -> int:
+    """Tokens of the largest DiT call of a unit with ``history_frames`` past frames (its last stage): text, the
+    history clips of :func:`history_plan` and the current frame."""
+    h, w = height // SPATIAL_SCALE, width // SPATIAL_SCALE
+
+    def tokens(level: int, frames: int) -> int:
+        scale = 2 ** (stages - 1 - level)
+        return frames * (h // scale // patch_size) * (w // scale // patch_size)
+
+    last = history_plan(history_frames, stages)[-1] if history_frames else []
+    return text_tokens + tokens(stages - 1, 1) + sum(tokens(level, end - start) for level, start, end in last)
 
 
 @dataclass
@@ -112,74 +163,84 @@ class _Run:
 
     dit: torch.nn.Module
     scheduler: PyramidFlowScheduler
-    text: TextEmbeddings  # CFG-ordered [negative; positive] (or positive only without CFG)
-    noise: object
-    cfg: bool
+    noise: NoiseSource
+    prompts: PromptSchedule  # positive conditioning per unit, on the run's device and dtype
+    uncond: Optional[TextEmbeddings]  # the negative prompt (None without CFG)
     callback: Optional[StepCallback]
     num_units: int
     total: int
+    history_window: Optional[int]
     done: int = 0
+    _text: Dict[int, TextEmbeddings] = field(default_factory=dict)
 
-    def predict(self, clips: List[torch.Tensor], sample: torch.Tensor, timestep: torch.Tensor, guidance: float) -> torch.Tensor:
+    @property
+    def cfg(self) -> bool:
+        return self.uncond is not None
+
+    def text(self, unit: int) -> TextEmbeddings:
+        """The DiT's text input for ``unit``: [negative; positive] with CFG, else the positive prompt alone."""
+        cond = self.prompts.at(unit)
+        key = id(cond)
+        if key not in self._text:
+            self._text[key] = TextEmbeddings.cat([self.uncond, cond]) if self.cfg else cond
+        return self._text[key]
+
+    def predict(self, text: TextEmbeddings, clips: List[torch.Tensor], sample: torch.Tensor, timestep: torch.Tensor,
+                guidance: float) -> torch.Tensor:
         model_input = torch.cat([sample] * 2) if self.cfg else sample
         timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)
-        velocity = self.dit(clips + [model_input], self.text.prompt_embeds, self.text.attention_mask, self.text.pooled, timestep)
+        velocity = self.dit(clips + [model_input], text.prompt_embeds, text.attention_mask, text.pooled, timestep)
         if not self.cfg:
             return velocity
         uncond, cond = velocity.chunk(2)
         return uncond + guidance * (cond - uncond)
 
-    def generate_unit(self, unit: int, noise: torch.Tensor, history: List[List[torch.Tensor]], steps: List[int], guidance: float) -> torch.Tensor:
-        """One latent frame through the 3 stages; returns the full-resolution result [B, C, 1, H, W]."""
-        latent = noise
-        for stage in range(NUM_STAGES):
+    def generate_unit(self, unit: int, noise: torch.Tensor, history: List[List[torch.Tensor]], steps: List[int],
+                      guidance: float) -> torch.Tensor:
+        """One latent frame through the stages, from its stage-0 noise; returns the full-resolution result
+        [B, C, 1, h, w]."""
+        latent, text = noise, self.text(unit)
+        for stage in range(self.scheduler.stages):
             grid = self.scheduler.stage_grid(steps[stage], stage)
             if stage > 0:
-                latent = _per_frame(latent, lambda f: F.interpolate(f, scale_factor=2, mode="nearest"))
+                latent = per_frame(latent, lambda f: F.interpolate(f, scale_factor=2, mode="nearest"))
                 renoise = self.scheduler.renoise(stage)
-                block_noise = self.noise.block_noise(latent.shape, latent.device, latent.dtype)
+                block_noise = self.noise.block_noise(latent.shape, unit, stage, latent.device, latent.dtype)
                 latent = renoise.alpha * latent + renoise.beta * block_noise
             clips = [torch.cat([c] * 2) if self.cfg else c for c in history[stage]] if history else []
             for k, t in enumerate(grid.timesteps):
-                velocity = self.predict(clips, latent, t, guidance)
+                velocity = self.predict(text, clips, latent, t, guidance)
                 sample, latent = latent, self.scheduler.step(velocity, latent, grid.sigmas[k], grid.sigmas[k + 1])
                 self.done += 1
                 if self.callback is not None:
-                    self.callback(StepInfo(unit, self.num_units, stage, k, steps[stage], self.done, self.total, t.item(), sample, velocity, latent))
+                    self.callback(StepInfo(unit, self.num_units, stage, k, steps[stage], self.done, self.total,
+                                           t.item(), sample, velocity, latent))
         return latent
 
-    def continue_video(self, generated: List[torch.Tensor], noise_frames: torch.Tensor, steps: List[int], guidance: float) -> torch.Tensor:
-        """Generate units len(generated) .. num_units-1, each conditioned on the frames before it; unit u starts from
-        ``noise_frames[:, :, u - 1]``. Returns all frames [B, C, num_units, H, W]."""
-        for unit in range(len(generated), self.num_units):
-            history = history_clips(generated)
-            generated.append(self.generate_unit(unit, noise_frames[:, :, unit - 1 : unit], history, steps, guidance))
-        return torch.cat(generated, dim=2)
-
-
-def draw_latent_noise(noise, batch: int, temp: int, height: int, width: int, device, dtype) -> torch.Tensor:
-    """The full-resolution latent noise of a run [B, 16, temp, H/8, W/8] (always the run's first draw)."""
-    return noise.latents((batch, LATENT_CHANNELS, temp, height // 8, width // 8), device, dtype)
-
-
-def draw_posterior_sample(noise, moments: torch.Tensor) -> torch.Tensor:
-    """A VAE posterior sample [B, C, T, h, w] from moments [B, 2C, T, h, w], its noise drawn from ``noise`` (the
-    image-to-video run's second draw, after the latent noise)."""
-    mean = moments[:, : moments.shape[1] // 2]
-    return posterior_sample(moments, noise.posterior(mean.shape, mean.device, mean.dtype))
+    def continue_video(self, frames: List[torch.Tensor], noise: torch.Tensor, steps: List[int],
+                       guidance: float) -> torch.Tensor:
+        """Append one unit per frame of ``noise`` (stage-0 noise [B, C, N, h0, w0]), each conditioned on the frames
+        before it (within the history window). Returns all frames [B, C, len(frames) + N, h, w]."""
+        for k in range(noise.shape[2]):
+            unit = len(frames)
+            past = torch.cat([frames[i] for i in window_frames(unit, self.history_window)], dim=2)
+            history = history_clips(past, self.scheduler.stages)
+            frames.append(self.generate_unit(unit, noise[:, :, k : k + 1], history, steps, guidance))
+        return torch.cat(frames, dim=2)
 
 
 class PyramidSampler:
-    """Text-to-video and image-to-video on one DiT, with one noise source, on normalised latents.
+    """Text-to-video, image-to-video and extension on one DiT, with one noise source, on normalised latents.
 
     ``callback`` is called with a :class:`StepInfo` after every DiT step (raise from it to stop within one step).
-    CFG is on iff ``guidance_scale > 0`` (the official switch), with the batch order [negative; positive].
+    CFG is on iff ``guidance_scale > 0`` (the official switch), with the batch order [negative; positive]. ``cond``
+    is one :class:`TextEmbeddings` or a :class:`PromptSchedule` (prompt travel); the negative prompt is one.
     """
 
     def __init__(
         self,
         dit: torch.nn.Module,
-        noise,
+        noise: NoiseSource,
         device: torch.device,
         dtype: torch.dtype,
         scheduler: Optional[PyramidFlowScheduler] = None,
@@ -189,62 +250,113 @@ class PyramidSampler:
         self.scheduler = scheduler or PyramidFlowScheduler()
         self.callback = callback
 
-    def _start(self, cond: TextEmbeddings, uncond: Optional[TextEmbeddings], guidance_scale: float, temp: int, total: int) -> _Run:
-        cfg = guidance_scale > 0
-        if cfg:
-            if uncond is None:
-                raise ValueError("guidance_scale > 0 needs negative-prompt embeddings (uncond)")
-            cond = TextEmbeddings.cat([uncond, cond])
-        text = cond.to(device=self.device, dtype=self.dtype)
-        return _Run(self.dit, self.scheduler, text, self.noise, cfg, self.callback, temp, total)
+    def _start(self, cond: Conditioning, uncond: Optional[TextEmbeddings], guidance_scale: float, num_units: int,
+               total: int, history_window: Optional[int]) -> _Run:
+        check_history_window(history_window)
+        if guidance_scale > 0 and uncond is None:
+            raise ValueError("guidance_scale > 0 needs negative-prompt embeddings (uncond)")
+        if history_window is None and num_units > TRAINED_LATENT_FRAMES:
+            warnings.warn(
+                f"{num_units} latent frames with the whole history exceed the {TRAINED_LATENT_FRAMES} the checkpoints "
+                "were trained on: temporal positions leave the trained range and every DiT call grows with the "
+                "video. Set history_window (e.g. 16) to bound both.", stacklevel=3)
+        prompts = PromptSchedule.of(cond).to(device=self.device, dtype=self.dtype)
+        uncond = uncond.to(device=self.device, dtype=self.dtype) if guidance_scale > 0 else None
+        return _Run(self.dit, self.scheduler, self.noise, prompts, uncond, self.callback, num_units, total,
+                    history_window)
+
+    def _latent_noise(self, batch: int, first_unit: int, units: int, height: int, width: int) -> torch.Tensor:
+        """Stage-0 noise [B, C, units, h0, w0] of units first_unit .. first_unit + units - 1."""
+        shape = (batch, LATENT_CHANNELS, units, height // SPATIAL_SCALE, width // SPATIAL_SCALE)
+        return noise_pyramid_bottom(self.noise.latents(shape, first_unit, self.device, self.dtype), self.scheduler.stages)
 
     @torch.no_grad()
     def text_to_video(
         self,
-        cond: TextEmbeddings,
+        cond: Conditioning,
         uncond: Optional[TextEmbeddings],
         *,
         height: int,
         width: int,
         temp: int,
-        first_frame_steps: Sequence[int] | int,
-        video_steps: Sequence[int] | int,
+        first_frame_steps: Steps,
+        video_steps: Steps,
         guidance_scale: float,
         video_guidance_scale: float,
+        history_window: Optional[int] = None,
     ) -> torch.Tensor:
-        """temp latent frames (temp=1: an image) -> normalised latents [B, 16, temp, H/8, W/8]. Unit 0 uses
-        ``guidance_scale``, later units ``video_guidance_scale``; unit u starts from noise frame u."""
-        first_frame_steps, video_steps = stage_steps(first_frame_steps), stage_steps(video_steps)
-        batch = cond.prompt_embeds.shape[0]
-        noise = noise_pyramid_bottom(draw_latent_noise(self.noise, batch, temp, height, width, self.device, self.dtype))
-        run = self._start(cond, uncond, guidance_scale, temp, count_dit_steps(temp, first_frame_steps, video_steps))
+        """temp latent frames (temp=1: an image) -> normalised latents [B, 16, temp, h, w]. Unit 0 uses
+        ``first_frame_steps`` and ``guidance_scale``, later units ``video_steps`` and ``video_guidance_scale``."""
+        stages = self.scheduler.stages
+        first_frame_steps, video_steps = stage_steps(first_frame_steps, stages), stage_steps(video_steps, stages)
+        batch = PromptSchedule.of(cond).batch
+        noise = self._latent_noise(batch, 0, temp, height, width)
+        total = count_dit_steps(temp, first_frame_steps, video_steps, stages, from_scratch=True)
+        run = self._start(cond, uncond, guidance_scale, temp, total, history_window)
         first = run.generate_unit(0, noise[:, :, :1], [], first_frame_steps, guidance_scale)
         return run.continue_video([first], noise[:, :, 1:], video_steps, video_guidance_scale)
 
     @torch.no_grad()
     def image_to_video(
         self,
-        cond: TextEmbeddings,
+        cond: Conditioning,
         uncond: Optional[TextEmbeddings],
         *,
-        image_latent: torch.Tensor,
+        image_moments: torch.Tensor,
+        variant: Variant,
         temp: int,
-        steps: Sequence[int] | int,
+        steps: Steps,
         guidance_scale: float,
         video_guidance_scale: float,
-        initial_noise: Optional[torch.Tensor] = None,
+        history_window: Optional[int] = None,
     ) -> torch.Tensor:
-        """A normalised first-frame latent [B, 16, 1, h, w] -> [B, 16, temp, h, w]; ``temp`` counts the image.
+        """The image's VAE moments [B, 32, 1, h, w] (mean ‖ logvar, VAE space) -> normalised latents
+        [B, 16, temp, h, w]; ``temp`` counts the image.
 
-        Every generated unit uses ``video_guidance_scale``; unit u starts from noise frame u-1 (the last noise
-        frame is unused, as in the official code). ``initial_noise``: the latent noise when the caller already
-        drew it (the official order draws it before the image posterior); drawn here otherwise.
+        Draws in the official order: the video noise first, then the image's posterior sample (normalised with
+        the variant's image constants) becomes frame 0. Every generated unit uses ``video_guidance_scale``.
         """
-        steps = stage_steps(steps)
-        height, width = image_latent.shape[-2] * 8, image_latent.shape[-1] * 8
-        if initial_noise is None:
-            initial_noise = draw_latent_noise(self.noise, cond.prompt_embeds.shape[0], temp, height, width, self.device, self.dtype)
-        noise = noise_pyramid_bottom(initial_noise)
-        run = self._start(cond, uncond, guidance_scale, temp, count_dit_steps(temp, steps, steps, i2v=True))
-        first = image_latent.to(device=self.device, dtype=self.dtype)
-        return run.continue_video([first], noise[:, :, :-1], steps, video_guidance_scale)
+        height, width = image_moments.shape[-2] * SPATIAL_SCALE, image_moments.shape[-1] * SPATIAL_SCALE
+        batch = PromptSchedule.of(cond).batch
+        noise = self._latent_noise(batch, 1, temp - 1, height, width)
+        first = normalize(draw_posterior(self.noise, image_moments.to(device=self.device, dtype=self.dtype)), variant)
+        return self._extend(cond, uncond, first, noise, steps, guidance_scale, video_guidance_scale, history_window)
+
+    @torch.no_grad()
+    def extend(
+        self,
+        cond: Conditioning,
+        uncond: Optional[TextEmbeddings],
+        *,
+        history: torch.Tensor,
+        units: int,
+        steps: Steps,
+        guidance_scale: float,
+        video_guidance_scale: float,
+        history_window: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Continue a video: normalised latents [B, 16, T0, h, w] -> [B, 16, T0 + units, h, w], the given frames
+        unchanged. Every new unit uses ``steps`` and ``video_guidance_scale``; with the default noise, unit u draws
+        what it would draw in a single longer run. A one-frame history is image-to-video from a given latent."""
+        height, width = history.shape[-2] * SPATIAL_SCALE, history.shape[-1] * SPATIAL_SCALE
+        check_history(history, PromptSchedule.of(cond).batch)
+        noise = self._latent_noise(history.shape[0], history.shape[2], units, height, width)
+        history = history.to(device=self.device, dtype=self.dtype)
+        return self._extend(cond, uncond, history, noise, steps, guidance_scale, video_guidance_scale, history_window)
+
+    def _extend(self, cond, uncond, history: torch.Tensor, noise: torch.Tensor, steps: Steps, guidance_scale: float,
+                video_guidance_scale: float, history_window: Optional[int]) -> torch.Tensor:
+        steps = stage_steps(steps, self.scheduler.stages)
+        new_units = noise.shape[2]
+        total = count_dit_steps(new_units, steps, steps, self.scheduler.stages, from_scratch=False)
+        run = self._start(cond, uncond, guidance_scale, history.shape[2] + new_units, total, history_window)
+        return run.continue_video(list(history.split(1, dim=2)), noise, steps, video_guidance_scale)
+
+
+def check_history(history: torch.Tensor, batch: int) -> None:
+    """A clear error for a history that cannot condition the sampler."""
+    if history.dim() != 5 or history.shape[1] != LATENT_CHANNELS:
+        raise ValueError(f"The video to continue must be a latent [B, {LATENT_CHANNELS}, T, h, w]; got "
+                         f"{list(history.shape)}.")
+    if history.shape[0] != batch:
+        raise ValueError(f"The video to continue has batch {history.shape[0]} but the prompt batch is {batch}.")

@@ -13,13 +13,6 @@ from ..variants import get_variant
 
 TEXT_TOKENS = 128  # T5 sequence length of both variants (padding and truncation)
 
-# What the pooled vector is, for error messages about embeddings computed outside this package.
-POOLED_CONTENT = {
-    "sd3": "the projected pooled outputs of CLIP-L and CLIP-G concatenated (768 + 1280 = 2048 when released)",
-    "miniflux": "the un-projected pooler output of CLIP-L (768 for the released encoder)",
-}
-
-
 @dataclass
 class TextEmbeddings:
     """T5 token embeddings with their padding mask, and the pooled CLIP vector.
@@ -81,6 +74,6 @@ class TextEmbeddings:
                 "(the T5 encoder's d_model)."
             )
         if pooled_dim is not None and self.pooled.shape[1] != pooled_dim:
-            content = f" It should be {POOLED_CONTENT[get_variant(variant).name]}." if variant is not None else ""
+            content = f" It should be {get_variant(variant).pooled_content}." if variant is not None else ""
             raise ValueError(f"pooled has {self.pooled.shape[1]} channels, the model expects {pooled_dim}.{content}")
         return self

@@ -9,6 +9,7 @@ checkpoints carry the legacy ``eos_token_id: 2``, for which transformers pools a
 """
 
 import os
+import pickle
 from typing import Dict, List, Union
 
 import torch
@@ -18,11 +19,10 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from ..loading.hub import ensure_model, resolve_repo
-from ..loading.state_dict import CheckpointError, read_json
+from ..loading.state_dict import CheckpointError, find_weight_file, read_json, unsafe_pickle_error
 from ..variants import Variant, get_variant
 from .embeddings import TEXT_TOKENS, TextEmbeddings
 
-CLIP_CLASSES = {"sd3": CLIPTextModelWithProjection, "miniflux": CLIPTextModel}
 CLIP_MODEL_TYPE = "clip_text_model"
 T5_MODEL_TYPE = "t5"
 # transformers 4.56 renamed from_pretrained's ``torch_dtype`` to ``dtype``; the old name is deprecated in 5.x.
@@ -46,7 +46,10 @@ def _check_model_types(root: str, variant: Variant, repo_id: str) -> None:
 
 
 def _load_model(model_class, folder: str, dtype: torch.dtype, device) -> nn.Module:
-    model, info = model_class.from_pretrained(folder, output_loading_info=True, **{DTYPE_KWARG: dtype})
+    try:
+        model, info = model_class.from_pretrained(folder, output_loading_info=True, **{DTYPE_KWARG: dtype})
+    except pickle.UnpicklingError as err:  # a .bin that is not plain tensors; transformers loads with weights_only
+        raise unsafe_pickle_error(find_weight_file(folder), err) from err
     # transformers fills tied and non-persistent tensors itself; some 4.x releases still list CLIP's position_ids
     missing = sorted(key for key in info["missing_keys"] if not key.endswith("position_ids"))
     if missing:
@@ -79,7 +82,7 @@ class PyramidTextEncoder(nn.Module):
         *clip_folders, t5_folder = resolved.text_encoder_folders
         tokenizers = {folder: CLIPTokenizer.from_pretrained(os.path.join(root, folder)) for folder in clip_tokenizers}
         tokenizers[t5_tokenizer] = T5TokenizerFast.from_pretrained(os.path.join(root, t5_tokenizer))
-        clip_class = CLIP_CLASSES[resolved.name]
+        clip_class = CLIPTextModelWithProjection if resolved.clip_projected else CLIPTextModel
         clip = [_load_model(clip_class, os.path.join(root, folder), dtype, device) for folder in clip_folders]
         t5 = _load_model(T5EncoderModel, os.path.join(root, t5_folder), dtype, device)
         return cls(resolved.name, tokenizers, clip, t5)

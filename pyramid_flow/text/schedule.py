@@ -1,0 +1,105 @@
+"""Prompt travel: a positive prompt per stretch of the video, switched at latent-frame (unit) boundaries.
+
+A schedule is written as ``<seconds>: <prompt>`` entries, one per line or separated by `` / ``::
+
+    0: a red panda on a log / 4: the panda jumps into the snow
+
+A time maps to the unit whose frames hold it (:func:`pyramid_flow.latents.unit_at_seconds`); from that unit on the
+new prompt conditions every DiT call (a hard switch: the history frames carry the motion across it). The
+negative prompt stays one prompt for the whole video.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..latents import unit_at_seconds
+from .embeddings import TextEmbeddings
+
+_ENTRY = re.compile(r"(?:^|\n|\s/\s)\s*(\d+(?:\.\d+)?)\s*s?\s*:")
+
+
+def parse_prompt_schedule(text: str) -> List[Tuple[float, str]]:
+    """'0: a / 4: b' -> [(0.0, 'a'), (4.0, 'b')]; text without a leading time is one prompt from 0 s."""
+    matches = list(_ENTRY.finditer(text))
+    if not matches or text[: matches[0].start()].strip():
+        if matches:
+            raise ValueError(
+                f"Prompt schedule: the text before the first '<seconds>:' entry ({text[: matches[0].start()].strip()!r}) "
+                "has no time. Start with '0: <prompt>'."
+            )
+        return [(0.0, text.strip())]
+    entries = []
+    for match, following in zip(matches, matches[1:] + [None]):
+        prompt = text[match.end() : following.start() if following else len(text)].strip()
+        if not prompt:
+            raise ValueError(f"Prompt schedule: the entry at {match.group(1)} s has no prompt.")
+        entries.append((float(match.group(1)), prompt))
+    return entries
+
+
+def schedule_units(entries: Sequence[Tuple[float, str]], num_units: int) -> List[Tuple[int, str]]:
+    """(seconds, prompt) entries -> (first unit, prompt), checked: starts at 0 s, strictly increasing, at most one
+    entry per unit. Entries at or after the end of a video of ``num_units`` latent frames are dropped."""
+    if not entries:
+        raise ValueError("Prompt schedule is empty: give at least '0: <prompt>'.")
+    if entries[0][0] != 0:
+        raise ValueError(f"Prompt schedule starts at {entries[0][0]:g} s: add an entry for 0 s ('0: <prompt>').")
+    units: List[Tuple[int, str]] = []
+    for (seconds, prompt), previous in zip(entries, [None] + list(entries[:-1])):
+        unit = unit_at_seconds(seconds)
+        if previous is not None:
+            if seconds <= previous[0]:
+                raise ValueError(f"Prompt schedule times must increase: {seconds:g} s comes after {previous[0]:g} s.")
+            if unit == units[-1][0]:
+                raise ValueError(
+                    f"Prompt schedule entries at {previous[0]:g} s and {seconds:g} s fall in the same latent frame "
+                    f"(unit {unit}, 1/3 s long); space them further apart."
+                )
+        if unit < num_units:
+            units.append((unit, prompt))
+    return units
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """Positive conditioning per unit: ``entries`` (first unit, embeddings), sorted by unit, the first at unit 0.
+
+    A unit uses the last entry starting at or before it.
+    """
+
+    entries: Tuple[Tuple[int, TextEmbeddings], ...]
+
+    def __post_init__(self):
+        units = [unit for unit, _ in self.entries]
+        if not units or units[0] != 0 or units != sorted(set(units)):
+            raise ValueError(f"a prompt schedule needs strictly increasing first units starting at 0, got {units}")
+
+    @classmethod
+    def constant(cls, embeddings: TextEmbeddings) -> "PromptSchedule":
+        return cls(((0, embeddings),))
+
+    @classmethod
+    def of(cls, cond: "TextEmbeddings | PromptSchedule") -> "PromptSchedule":
+        return cond if isinstance(cond, PromptSchedule) else cls.constant(cond)
+
+    @classmethod
+    def from_texts(cls, units: Sequence[Tuple[int, str]], embeddings: Dict[str, TextEmbeddings]) -> "PromptSchedule":
+        """From (first unit, prompt) pairs and the embeddings of each distinct prompt (each encoded once)."""
+        return cls(tuple((unit, embeddings[text]) for unit, text in units))
+
+    def at(self, unit: int) -> TextEmbeddings:
+        chosen = self.entries[0][1]
+        for first, embeddings in self.entries:
+            if first <= unit:
+                chosen = embeddings
+        return chosen
+
+    @property
+    def batch(self) -> int:
+        return self.entries[0][1].prompt_embeds.shape[0]
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "PromptSchedule":
+        return PromptSchedule(tuple((unit, emb.to(device=device, dtype=dtype)) for unit, emb in self.entries))
