@@ -32,12 +32,14 @@ def resize_to(image: ImageLike, width: int, height: int, mode: str = "crop") -> 
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got '{mode}'")
     image = to_pil(image)
     if min(image.size) < 8:
-        raise ValueError(f"image of {image.width}x{image.height} pixels is too small to condition a video")
+        raise ValueError(f"The image is {image.width}x{image.height} pixels, too small to condition a video: it "
+                         "needs at least 8x8.")
     if image.size == (width, height):
         return image
     w, h = image.size
     scale = max(width / w, height / h) if mode == "crop" else min(width / w, height / h)
-    resized = image.resize((round(w * scale), round(h * scale)), Image.LANCZOS)
+    # max(1, ...): an extreme aspect ratio (e.g. 7000x10 padded into 640x384) must not round a side to 0 px
+    resized = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
     if mode == "crop":
         left, top = (resized.width - width) / 2, (resized.height - height) / 2
         return resized.crop((left, top, left + width, top + height))

@@ -153,7 +153,7 @@ def test_bin_with_objects_refused(tmp_path):
 
 def test_vae_in_dit_slot(tmp_path):
     vae_file = find_weight_file(os.path.join(checkpoint_root("sd3"), "causal_video_vae"))
-    with pytest.raises(CheckpointError, match="is a Pyramid Flow VAE checkpoint, not a DiT.*VAE loader"):
+    with pytest.raises(CheckpointError, match="is a Pyramid Flow VAE checkpoint, not a DiT.*'Pyramid Flow VAE Loader'"):
         load_dit(vae_file)
 
 

@@ -64,6 +64,7 @@ class FakeHub:
 def fake_hub(monkeypatch):
     hub = FakeHub()
     monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda self, repo_id, **kwargs: {"id": repo_id})  # reachable
     return hub
 
 
@@ -155,3 +156,33 @@ def test_unknown_names(tmp_path, fake_hub):
     with pytest.raises(ValueError, match="Unknown component"):
         ensure_model(str(tmp_path), "sd3", components=("unet",))
     assert fake_hub.calls == []
+
+
+def test_unreachable_hub_is_named_not_the_repository(tmp_path, monkeypatch):
+    """Without network, huggingface_hub warns and returns the existing local folder: the message must say the Hub
+    could not be reached and give the manual download, not blame the repository."""
+    import logging
+
+    (tmp_path / "causal_video_vae").mkdir(parents=True)  # an earlier component makes local_dir non-empty
+
+    def offline_snapshot_download(repo_id, *, local_dir, allow_patterns, **kwargs):
+        logging.getLogger("huggingface_hub._snapshot_download").warning(
+            f"Returning existing local_dir `{local_dir}` as remote repo cannot be accessed in `snapshot_download` "
+            "(ConnectError: [Errno -3] Temporary failure in name resolution).")
+        return local_dir
+
+    def no_network(self, repo_id, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline_snapshot_download)
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", no_network)
+    with pytest.raises(CheckpointError) as err:
+        download_model("miniflux", str(tmp_path), components=("dit",))
+    message = str(err.value)
+    assert "Hugging Face Hub could not be reached" in message and "did not provide" not in message
+    assert "hf download rain1011/pyramid-flow-miniflux --include 'diffusion_transformer_384p/*'" in message
+
+    logging.getLogger("huggingface_hub").handlers.clear()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: kwargs["local_dir"])
+    with pytest.raises(CheckpointError, match="could not be reached"):  # no warning: the probe finds no network
+        download_model("miniflux", str(tmp_path), components=("dit",))

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from pyramid_flow.loading.state_dict import CheckpointError
 from tolerance import assert_within_ulps
-from pyramid_flow.vae import CausalVideoVAE, load_vae, posterior_sample
+from pyramid_flow.vae import CausalVideoVAE, load_vae
 from pyramid_flow.vae.loading import infer_config
 
 # Small, with the official 32 GroupNorm groups so that a config-less single file can be read back.
@@ -64,14 +64,14 @@ def test_chunked_equals_plain(vae):
     for window in (1, 2, 5):
         assert max_diff(vae.decode(latent, temporal_chunk=True, window_size=window), plain_decode) < 1e-5
     plain_encode = vae.encode(video)
-    for window in (8, 16):
+    for window in (1, 2):  # latent frames: 8 and 16 video frames after the first chunk
         assert max_diff(vae.encode(video, temporal_chunk=True, window_size=window), plain_encode) < 1e-5
 
 
 def test_chunked_encode_needs_whole_latent_frames(vae):
     video, _ = inputs(frames=12)
     with pytest.raises(ValueError, match="1 \\+ 8k"):
-        vae.encode(video, temporal_chunk=True, window_size=8)
+        vae.encode(video, temporal_chunk=True, window_size=1)
 
 
 # --- tiling: compare with the official algorithm written out literally (all tiles kept, blended in place) ------
@@ -122,15 +122,15 @@ def test_tiled_decode_matches_official_loops(vae, tile_px, overlap, height, widt
 @pytest.mark.parametrize("tile_px, overlap", [(16, 0.25), (24, 0.25), (32, 0.5)])
 def test_tiled_encode_matches_official_loops(vae, tile_px, overlap):
     video, _ = inputs(frames=9, height=40, width=48)
-    expected = official_tiled_encode(vae, video, tile_px, overlap, window=8)
-    out = vae.encode(video, temporal_chunk=True, window_size=8, tile_sample_min_size=tile_px, tile_overlap=overlap)
+    expected = official_tiled_encode(vae, video, tile_px, overlap, window=1)
+    out = vae.encode(video, temporal_chunk=True, window_size=1, tile_sample_min_size=tile_px, tile_overlap=overlap)
     assert_within_ulps(out, expected, name="tiled encode")
 
 
 def test_no_tiling_when_it_fits(vae):
     _, latent = inputs()
     assert torch.equal(vae.decode(latent, tile_sample_min_size=40), vae.decode(latent))  # the same untiled path
-    with pytest.raises(ValueError, match="stride"):
+    with pytest.raises(ValueError, match="larger tile size"):
         vae.decode(latent, tile_sample_min_size=8)
 
 
@@ -147,12 +147,6 @@ def test_progress_callback_and_interrupt(vae):
 
     with pytest.raises(KeyboardInterrupt):
         vae.decode(latent, temporal_chunk=True, window_size=1, callback=interrupt)
-
-
-def test_posterior_sample_clamps_logvar():
-    mean, logvar = torch.zeros(1, 2, 1, 1, 1), torch.tensor([50.0, -50.0]).view(1, 2, 1, 1, 1)
-    z = posterior_sample(torch.cat([mean, logvar], 1), torch.ones(1, 2, 1, 1, 1))
-    assert torch.allclose(z.flatten(), torch.tensor([20.0, -30.0]).mul(0.5).exp())
 
 
 def test_layers_come_from_operations():
@@ -205,7 +199,7 @@ def test_dit_file_is_refused(tmp_path):
     path = str(tmp_path / "pyramid_flow_miniflux_bf16_v2.safetensors")
     save_file({"x_embedder.weight": torch.zeros(4, 4), "single_transformer_blocks.0.proj_out.weight": torch.zeros(4, 4)},
               path)
-    with pytest.raises(CheckpointError, match="DiT.*load_dit"):
+    with pytest.raises(CheckpointError, match="DiT checkpoint, not a VAE.*'Pyramid Flow Model Loader'"):
         load_vae(path)
 
 

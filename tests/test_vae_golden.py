@@ -18,6 +18,7 @@ from pyramid_flow.vae import load_vae, temporal_chunks
 ATOL = 1e-4
 OFFICIAL_TILE = 256  # tile_sample_min_size default of the official encode/decode, tiling enabled
 OFFICIAL_DEFAULTS = {"is_init_image": True, "return_dict": True}  # official kwargs with no counterpart here
+OFFICIAL_ENCODE_WINDOW_FRAMES = 8  # the official encode's window_size counts video frames; ours counts latent frames
 _vaes = {}
 
 
@@ -38,6 +39,8 @@ def parse_call(call: str):
     for name, value in OFFICIAL_DEFAULTS.items():
         assert kwargs.pop(name, value) == value, f"unsupported official argument {name} in {call}"
     kwargs.setdefault("tile_sample_min_size", OFFICIAL_TILE)
+    if node.func.attr == "encode" and "window_size" in kwargs:
+        kwargs["window_size"] //= OFFICIAL_ENCODE_WINDOW_FRAMES
     return node.func.attr, node.args[0].id, kwargs
 
 

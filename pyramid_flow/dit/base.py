@@ -3,7 +3,7 @@
 Shapes: B batch, Lt text tokens, N image tokens, D model width, P pooled text width, n position axes.
 """
 
-from typing import List, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, List, Mapping, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -17,10 +17,21 @@ class PyramidDiT(nn.Module):
     """Base of :class:`PyramidMMDiT` and :class:`PyramidFluxDiT`.
 
     Subclasses build their blocks and implement ``embed_clips`` (tokens and RoPE positions of the image
-    tokens) and ``run_blocks``; ``rope_axes`` lists the RoPE dims per position axis.
+    tokens), ``run_blocks`` and ``config_from_state_dict``; ``rope_axes`` lists the RoPE dims per position axis;
+    ``loader_overrides`` are the kwargs the official loader passes on top of config.json.
     """
 
     rope_axes: Sequence[int]
+    loader_overrides: ClassVar[Dict] = {}
+
+    @classmethod
+    def config_from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> Dict:
+        """The official config.json values recoverable from tensor shapes (for single files without one)."""
+        raise NotImplementedError
+
+    def computed_tensors(self, present: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """The tensors a file may leave out because they are computed, for the keys not in ``present``."""
+        return {}
 
     def __init__(
         self,
@@ -77,3 +88,26 @@ class PyramidDiT(nn.Module):
         x = x[:, x.shape[1] - grid[0] * grid[1] * grid[2] :]  # tokens of the last clip
         x = self.proj_out(self.norm_out(x, temb))  # [B, n_last, p*p*C]
         return unpatchify(x, grid, self.patch_size)
+
+
+DIT_CLASSES: Dict[str, Type[PyramidDiT]] = {}
+
+
+def register_dit(variant_name: str) -> Callable[[Type[PyramidDiT]], Type[PyramidDiT]]:
+    """Class decorator: the DiT of the variant registered as ``variant_name`` in :mod:`pyramid_flow.variants`."""
+
+    def register(cls: Type[PyramidDiT]) -> Type[PyramidDiT]:
+        DIT_CLASSES[variant_name] = cls
+        return cls
+
+    return register
+
+
+def count_blocks(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many ``prefix<N>.`` blocks the state dict holds."""
+    return len({key[len(prefix) :].split(".", 1)[0] for key in state_dict if key.startswith(prefix)})
+
+
+def head_dim(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """The attention head dim: the size of the first QK-norm scale."""
+    return next(v.shape[0] for k, v in state_dict.items() if k.endswith("attn.norm_q.weight"))

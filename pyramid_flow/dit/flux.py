@@ -3,11 +3,13 @@
 Shapes: B batch, C latent channels, Lt text tokens, N image tokens, D model width.
 """
 
+from typing import Dict, Mapping
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import PyramidDiT
+from .base import PyramidDiT, count_blocks, head_dim, register_dit
 from .layers import AdaLayerNormZeroSingle, JointTransformerBlock, SelfAttention, attend
 from .sequence import flux_position_ids, patchify
 
@@ -33,6 +35,7 @@ class FluxSingleTransformerBlock(nn.Module):
         return x + gate[:, None] * self.proj_out(torch.cat([attn, mlp], dim=2))
 
 
+@register_dit("miniflux")
 class PyramidFluxDiT(PyramidDiT):
     """miniFLUX: double (joint) blocks, then single blocks over [text; image], 3-axis RoPE.
 
@@ -85,6 +88,22 @@ class PyramidFluxDiT(PyramidDiT):
         self.single_transformer_blocks = nn.ModuleList(
             FluxSingleTransformerBlock(dim, num_attention_heads, **kw) for _ in range(num_single_layers)
         )
+
+    # kwargs that the official build_pyramid_dit passes on top of config.json
+    loader_overrides = {"use_temporal_causal": True, "interp_condition_pos": True, "axes_dims_rope": FLUX_ROPE_AXES}
+
+    @classmethod
+    def config_from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> Dict:
+        dim, in_channels = sd["x_embedder.weight"].shape
+        return {
+            "in_channels": in_channels,
+            "num_layers": count_blocks(sd, "transformer_blocks."),
+            "num_single_layers": count_blocks(sd, "single_transformer_blocks."),
+            "attention_head_dim": head_dim(sd),
+            "num_attention_heads": dim // head_dim(sd),
+            "joint_attention_dim": sd["context_embedder.weight"].shape[1],
+            "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+        }
 
     def embed_clips(self, clips):
         tokens = torch.cat([patchify(clip, self.patch_size) for clip in clips], dim=1)  # [B, N, 4C]

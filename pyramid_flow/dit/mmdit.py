@@ -3,13 +3,14 @@
 Shapes: B batch, C latent channels, t/h/w clip size in latent pixels, N image tokens, D model width.
 """
 
-from typing import List
+import math
+from typing import Dict, List, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .base import PyramidDiT
+from .base import PyramidDiT, count_blocks, head_dim, register_dit
 from .embeddings import crop_sincos, sincos_2d_table
 from .layers import JointTransformerBlock
 from .sequence import frame_ids, token_grid
@@ -54,6 +55,7 @@ class PatchEmbed(nn.Module):
         return torch.cat([self.embed_clip(clip, crop) for clip in clips], dim=1)  # [B, N, D]
 
 
+@register_dit("sd3")
 class PyramidMMDiT(PyramidDiT):
     """SD3 MMDiT with temporal RoPE over the whole head dim and temporal-causal joint attention.
 
@@ -113,6 +115,34 @@ class PyramidMMDiT(PyramidDiT):
             )
             for i in range(num_layers)
         )
+
+    # kwargs that the official build_pyramid_dit passes on top of config.json
+    loader_overrides = {"use_temporal_causal": True, "interp_condition_pos": True}
+
+    @classmethod
+    def config_from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> Dict:
+        dim, in_channels, patch_size, _ = sd["pos_embed.proj.weight"].shape
+        table = sd.get("pos_embed.pos_embed")
+        grid = math.isqrt(table.shape[1]) if table is not None else 192
+        return {
+            # The released models keep pos_embed_max_size = 3 * sample_size / patch_size (192 vs 128 / 2).
+            "sample_size": grid * patch_size // 3,
+            "patch_size": patch_size,
+            "in_channels": in_channels,
+            "num_layers": count_blocks(sd, "transformer_blocks."),
+            "attention_head_dim": head_dim(sd),
+            "num_attention_heads": dim // head_dim(sd),
+            "caption_projection_dim": sd["context_embedder.weight"].shape[0],
+            "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+            "joint_attention_dim": sd["context_embedder.weight"].shape[1],
+            "pos_embed_max_size": grid,
+            "qk_norm": "rms_norm",
+            "pos_embed_type": "sincos",
+        }
+
+    def computed_tensors(self, present: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Single files may lack the sincos buffer ``pos_embed.pos_embed``; it is a function of the config."""
+        return {} if "pos_embed.pos_embed" in present else {"pos_embed.pos_embed": self.pos_embed.sincos_table()}
 
     def embed_clips(self, clips):
         return self.pos_embed(clips), frame_ids(clips, self.patch_size)[:, None]

@@ -5,16 +5,14 @@ called. Downloads go through ``huggingface_hub.snapshot_download`` into a plain 
 ``allow_patterns``, so only the folders a run needs come down (one DiT resolution, not all three).
 """
 
-import json
+import logging
 import os
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..variants import Variant, get_variant
-from .state_dict import WEIGHT_FILE_NAMES, CheckpointError
+from .state_dict import WEIGHT_FILE_NAMES, CheckpointError, read_json
 
-REPOS = {"sd3": "rain1011/pyramid-flow-sd3", "miniflux": "rain1011/pyramid-flow-miniflux"}
 DIT_FOLDERS = ("diffusion_transformer_384p", "diffusion_transformer_768p", "diffusion_transformer_image")
-VIDEO_DIT_FOLDERS = DIT_FOLDERS[:2]  # in both repositories; the image DiT is miniFLUX only
 DEFAULT_DIT_FOLDER = DIT_FOLDERS[0]
 VAE_FOLDER = "causal_video_vae"
 COMPONENTS = ("dit", "vae", "text")
@@ -28,18 +26,9 @@ Requirements = Dict[str, Tuple[Requirement, ...]]  # folder -> the files it must
 
 
 def resolve_repo(repo_id_or_variant: str) -> Tuple[Variant, str]:
-    """(variant, repo id) for a variant name, an official model_name or one of the two repo ids."""
-    for name, repo_id in REPOS.items():
-        if repo_id_or_variant == repo_id:
-            return get_variant(name), repo_id
-    try:
-        variant = get_variant(repo_id_or_variant)
-    except ValueError:
-        raise ValueError(
-            f"Unknown Pyramid Flow model '{repo_id_or_variant}': expected a variant ({', '.join(REPOS)}) "
-            f"or a repository ({', '.join(REPOS.values())})."
-        ) from None
-    return variant, REPOS[variant.name]
+    """(variant, repo id) for a variant name, an official model_name or a repository id."""
+    variant = get_variant(repo_id_or_variant)
+    return variant, variant.repo_id
 
 
 def folder_requirements(
@@ -67,8 +56,7 @@ def _missing_shards(folder: str, present: Iterable[str]) -> List[str]:
     missing = []
     for name in present:
         if name.endswith(".index.json"):
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+            shards = sorted(set((read_json(os.path.join(folder, name)) or {}).get("weight_map", {}).values()))
             missing += [shard for shard in shards if not os.path.isfile(os.path.join(folder, shard))]
     return missing
 
@@ -96,22 +84,59 @@ def _missing_message(root: str, repo_id: str, missing: Dict[str, List[str]]) -> 
     )
 
 
+class _HubWarnings(logging.Handler):
+    """Collects huggingface_hub's warnings during a download: without network it warns and returns the local folder
+    instead of raising."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _hub_unreachable(repo_id: str, warnings: List[str]) -> Optional[str]:
+    """Why the Hub could not be reached during the download, or None when it answered."""
+    import huggingface_hub
+
+    for message in warnings:
+        if "cannot be accessed" in message or "offline" in message.lower():
+            return message
+    try:
+        huggingface_hub.HfApi().repo_info(repo_id)
+    except Exception as err:  # no network, offline mode, DNS, proxy, timeouts: whatever stopped the download
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def _download(repo_id: str, target_dir: str, requirements: Requirements, tqdm_class=None) -> str:
     import huggingface_hub  # only needed when downloading
 
     allow_patterns = [f"{folder}/*" for folder in requirements]
     progress = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
+    manual = (f"Without network access (or with HF_HUB_OFFLINE=1), download the folders on a machine that has it: "
+              f"`hf download {repo_id} --include "
+              + " ".join(f"'{p}'" for p in allow_patterns) + f" --local-dir \"{target_dir}\"`, or copy the folders "
+              f"into '{target_dir}'.")
+    hub_log, warnings = logging.getLogger("huggingface_hub"), _HubWarnings()
+    hub_log.addHandler(warnings)
     try:
         huggingface_hub.snapshot_download(repo_id, local_dir=target_dir, allow_patterns=allow_patterns, **progress)
     except OSError as err:  # offline mode, no network, HTTP errors (gated, not found), disk full
         raise CheckpointError(
             f"Downloading {', '.join(allow_patterns)} from https://huggingface.co/{repo_id} into '{target_dir}' "
-            f"failed: {err}\nWithout network access (or with HF_HUB_OFFLINE=1), download the folders on another "
-            f"machine and copy them into '{target_dir}'."
+            f"failed: {err}\n{manual}"
         ) from err
-    # snapshot_download is silent when a pattern matches nothing, e.g. a DiT folder the repository lacks.
+    finally:
+        hub_log.removeHandler(warnings)
     missing = _missing(target_dir, requirements)
     if missing:
+        reason = _hub_unreachable(repo_id, warnings.messages)
+        if reason is not None:
+            raise CheckpointError(f"The Hugging Face Hub could not be reached ({reason}), so nothing was downloaded. "
+                                  + manual)
+        # snapshot_download is silent when a pattern matches nothing, e.g. a DiT folder the repository lacks.
         raise CheckpointError(
             f"https://huggingface.co/{repo_id} did not provide every needed file. "
             + _missing_message(target_dir, repo_id, missing)

@@ -1,14 +1,19 @@
-"""Reading weight files from disk: safetensors (single or sharded) and ``.bin`` through ``weights_only``."""
+"""Reading weight files: safetensors (single or sharded) and ``.bin`` through ``weights_only``, lazily.
+
+:class:`WeightSource` gives the keys and shapes of a file without reading its data, and one tensor at a time,
+so a loader can identify a checkpoint and read its config before any heavy work, and stream the tensors into a
+model built on the ``meta`` device: peak memory is the loaded model plus one tensor of the file, never two copies.
+"""
 
 import json
 import os
-from typing import Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 StateDict = Dict[str, torch.Tensor]
+Reader = Callable[[str], Mapping[str, torch.Tensor]]  # one weight file -> its tensors (may be memory-mapped)
 
 WEIGHT_FILE_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -24,6 +29,29 @@ class CheckpointError(ValueError):
     """A weight file or folder that cannot be used; the message names the problem and the fix."""
 
 
+# Shown by ComfyUI as the exception's type: a short, stable name instead of the install path of the module.
+CheckpointError.__module__ = "pyramid_flow"
+
+WEIGHT_EXTENSIONS = (".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt")  # what WeightSource reads
+PICKLE_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt")  # read as plain tensors only (weights_only=True)
+
+
+def unsafe_pickle_error(path: str, err: Exception) -> CheckpointError:
+    """The message for a pickled weight file that is not a plain tensor dict (it would run code to load)."""
+    return CheckpointError(
+        f"'{path}' could not be read as plain tensors ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        "Only safe formats load: safetensors, or .bin/.pt files that hold nothing but tensors (weights_only). "
+        "Download the .safetensors version of this file, or re-download the original."
+    )
+
+
+def _truncated(path: str, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"'{path}' is not a readable safetensors file ({err}). It is probably truncated by an interrupted "
+        "download: delete it and download it again."
+    )
+
+
 def find_weight_file(folder: str) -> str:
     """The weight file inside an official Hugging Face component folder."""
     for name in WEIGHT_FILE_NAMES:
@@ -36,50 +64,138 @@ def find_weight_file(folder: str) -> str:
     )
 
 
-def _load_safetensors(path: str, device: str) -> StateDict:
-    try:
-        return load_file(path, device=device)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(
-            f"'{path}' is not a readable safetensors file ({err}). It is probably truncated by an interrupted "
-            "download: delete it and download it again."
-        ) from err
-
-
-def _load_bin(path: str) -> StateDict:
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad pickle
-        raise CheckpointError(
-            f"'{path}' could not be read as a PyTorch weights file ({err}). Only plain tensor dicts are "
-            "loaded (weights_only=True); re-download the file or use the .safetensors version."
-        ) from err
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"'{path}' holds a {type(state_dict).__name__}, not a dict of tensors.")
-    return state_dict
-
-
-def _load_index(path: str, device: str) -> StateDict:
-    with open(path, encoding="utf-8") as f:
-        shard_names = sorted(set(json.load(f)["weight_map"].values()))
-    folder = os.path.dirname(path)
-    state_dict: StateDict = {}
-    for name in shard_names:
-        state_dict.update(_load_safetensors(os.path.join(folder, name), device))
-    return state_dict
-
-
-def load_state_dict(path: str, device: str = "cpu") -> StateDict:
-    """Load every tensor of a weight file, a sharded index, or an official component folder."""
+def weight_files(path: str) -> List[str]:
+    """The weight files of a file, a sharded ``.index.json`` or an official component folder."""
     if os.path.isdir(path):
         path = find_weight_file(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"Weight file '{path}' does not exist.")
     if path.endswith(".index.json"):
-        return _load_index(path, device)
-    if path.endswith((".bin", ".pt", ".pth", ".ckpt")):
-        return _load_bin(path)
-    return _load_safetensors(path, device)
+        index = read_json(path)
+        if "weight_map" not in index:
+            raise CheckpointError(f"'{path}' has no weight_map: the index is damaged, download it again.")
+        return [os.path.join(os.path.dirname(path), name) for name in sorted(set(index["weight_map"].values()))]
+    if not path.endswith(WEIGHT_EXTENSIONS):
+        raise CheckpointError(f"'{path}' is not a weight format that loads here: use a {', '.join(WEIGHT_EXTENSIONS)} "
+                              "file or an official model folder.")
+    return [path]
+
+
+class _SafetensorsFile:
+    """One safetensors file read through its header: keys and shapes for free, each tensor on request."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.handle = safe_open(path, framework="pt")
+        except (SafetensorError, OSError) as err:
+            raise _truncated(path, err) from err
+
+    def keys(self) -> List[str]:
+        return list(self.handle.keys())
+
+    def shape(self, key: str) -> List[int]:
+        return list(self.handle.get_slice(key).get_shape())
+
+    def tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self.handle.get_tensor(key)
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise _truncated(self.path, err) from err
+
+
+class _MappingFile:
+    """A weight file already opened as a mapping (a memory-mapped .bin, or what a caller's reader returned)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def keys(self) -> List[str]:
+        return list(self.tensors.keys())
+
+    def shape(self, key: str) -> List[int]:
+        return list(self.tensors[key].shape)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+
+def _open_bin(path: str) -> _MappingFile:
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for a bad or unsafe pickle
+        raise unsafe_pickle_error(path, err) from err
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise CheckpointError(f"'{path}' holds a {type(tensors).__name__}, not a dict of tensors.")
+    return _MappingFile(tensors)
+
+
+class WeightSource:
+    """The tensors of a weight file, a sharded index or an official component folder.
+
+    ``reader`` (optional) opens one weight file as a mapping of tensors, e.g. ComfyUI's memory-mapped
+    ``comfy.utils.load_torch_file``; by default safetensors are read through their header (tensors on request) and
+    ``.bin`` files are memory-mapped with ``weights_only``. A common wrapper prefix is removed from the keys.
+    """
+
+    def __init__(self, path: str, reader: Optional[Reader] = None, prefixes: Iterable[str] = ()):
+        self.path = path
+        self._owner: Dict[str, object] = {}
+        for file in weight_files(path):
+            opened = self._open(file, reader)
+            for key in opened.keys():
+                self._owner[key] = opened
+        self.prefix = common_prefix(self._owner, prefixes)
+
+    @staticmethod
+    def _open(file: str, reader: Optional[Reader]):
+        if reader is not None:
+            return _MappingFile(reader(file))
+        if file.endswith(PICKLE_EXTENSIONS):
+            return _open_bin(file)
+        return _SafetensorsFile(file)
+
+    def keys(self) -> List[str]:
+        """The keys without the wrapper prefix."""
+        return [key[len(self.prefix):] for key in self._owner]
+
+    def shapes(self) -> Dict[str, torch.Tensor]:
+        """Every key with an empty ``meta`` tensor of its shape (for config inference; reads no data)."""
+        return {key[len(self.prefix):]: torch.empty(owner.shape(key), device="meta") for key, owner in self._owner.items()}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        full = self.prefix + key
+        return self._owner[full].tensor(full)
+
+    def state_dict(self) -> StateDict:
+        """Every tensor at once (for tools and tests; loaders stream with :meth:`tensor`)."""
+        return {key: self.tensor(key) for key in self.keys()}
+
+
+def common_prefix(keys: Iterable[str], prefixes: Iterable[str]) -> str:
+    """The first of ``prefixes`` (``model.``, ``diffusion_model.``, ``vae.``) that every key carries, else ''."""
+    keys = list(keys)
+    for prefix in prefixes:
+        if keys and all(key.startswith(prefix) for key in keys):
+            return prefix
+    return ""
+
+
+def load_state_dict(path: str) -> StateDict:
+    """Every tensor of a weight file, a sharded index, or an official component folder."""
+    return WeightSource(path).state_dict()
+
+
+def stream_tensors(source: WeightSource, cast: Callable[[str, torch.Tensor], torch.Tensor],
+                   computed: Optional[StateDict] = None) -> StateDict:
+    """Read the tensors of ``source`` one by one through ``cast(key, tensor)`` (which moves and converts each
+    before the next is read), plus the ``computed`` tensors the file may lack: the state dict to assign."""
+    state_dict = {}
+    for key in source.keys():
+        state_dict[key] = cast(key, source.tensor(key))
+    for key, tensor in (computed or {}).items():
+        state_dict.setdefault(key, cast(key, tensor))
+    return state_dict
 
 
 def assign_weights(model: torch.nn.Module, state_dict: StateDict, path: str, what: str) -> torch.nn.Module:
@@ -95,17 +211,17 @@ def assign_weights(model: torch.nn.Module, state_dict: StateDict, path: str, wha
     return model.eval().requires_grad_(False)
 
 
-def strip_prefix(state_dict: StateDict, prefixes: Iterable[str]) -> StateDict:
-    """Drop a common key prefix (``model.``, ``diffusion_model.``, ``vae.``) if every key carries it."""
-    for prefix in prefixes:
-        if state_dict and all(key.startswith(prefix) for key in state_dict):
-            return {key[len(prefix):]: value for key, value in state_dict.items()}
-    return state_dict
-
-
 def read_json(path: str) -> Optional[dict]:
     """A config.json as a dict, or None when the file is absent."""
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"'{path}' is not valid JSON ({err}): the file is damaged. Download it again from the "
+                              "model's Hugging Face repository.") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"'{path}' holds a JSON {type(data).__name__}, not the expected object of settings: "
+                              "download it again.")
+    return data

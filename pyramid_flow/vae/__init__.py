@@ -1,7 +1,9 @@
-"""The Pyramid Flow causal video VAE (reference §3): ``CausalVideoVAE`` and its loader."""
+"""The Pyramid Flow causal video VAE (reference §3): ``CausalVideoVAE``, its loader and decode presets."""
 
 from .layers import CausalCache
 from .loading import load_vae
-from .model import CausalVideoVAE, posterior_sample, temporal_chunks
+from .model import ENCODE_TILE, FAST_DECODE, SAVE_MEMORY_DECODE, CausalVideoVAE, DecodeSettings
+from .streaming import temporal_chunks
 
-__all__ = ["CausalCache", "CausalVideoVAE", "load_vae", "posterior_sample", "temporal_chunks"]
+__all__ = ["CausalCache", "CausalVideoVAE", "DecodeSettings", "ENCODE_TILE", "FAST_DECODE", "SAVE_MEMORY_DECODE",
+           "load_vae", "temporal_chunks"]

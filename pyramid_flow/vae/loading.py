@@ -6,26 +6,17 @@ materialised twice.
 """
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
-from ..loading.detect import describe, identify_checkpoint
-from ..loading.state_dict import CheckpointError, StateDict, assign_weights, load_state_dict, read_json, strip_prefix
+from ..dtypes import check_model_dtype
+from ..loading.detect import describe, dit_variant_name, identify_checkpoint
+from ..loading.state_dict import CheckpointError, Reader, StateDict, WeightSource, assign_weights, read_json, stream_tensors
 from .model import CausalVideoVAE
 
 KEY_PREFIXES = ("vae.", "first_stage_model.")
 OFFICIAL_NORM_GROUPS = 32  # reference §1.4; GroupNorm weights do not tell the group count
-
-
-def check_dtype(dtype: torch.dtype) -> None:
-    if dtype == torch.float16:
-        raise ValueError(
-            "float16 is not supported for the Pyramid Flow VAE: the official code does not support it and its "
-            "activations overflow. Use torch.bfloat16 or torch.float32."
-        )
-    if not dtype.is_floating_point or dtype.itemsize < 2:
-        raise ValueError(f"dtype {dtype} is not supported for the VAE; use torch.bfloat16 or torch.float32.")
 
 
 def _indices(state_dict: StateDict, prefix: str) -> List[int]:
@@ -72,13 +63,12 @@ def infer_config(state_dict: StateDict, path: str) -> Dict:
     return config
 
 
-def read_vae_state_dict(path: str):
-    """(state dict without wrapper prefix, config.json or None) of a VAE folder or file."""
-    state_dict = strip_prefix(load_state_dict(path), KEY_PREFIXES)
-    kind = identify_checkpoint(state_dict)
-    if kind in ("dit_sd3", "dit_miniflux"):
+def check_vae_keys(keys, path: str) -> None:
+    """A CheckpointError naming what the file is when it is not the VAE."""
+    kind = identify_checkpoint(keys)
+    if dit_variant_name(kind):
         raise CheckpointError(
-            f"'{path}' is {describe(kind)}, not a VAE: load it with the DiT model loader (pyramid_flow.dit.load_dit) "
+            f"'{path}' is {describe(kind)}, not a VAE: load it as the model ('Pyramid Flow Model Loader' in ComfyUI) "
             "and pick the causal_video_vae folder or pyramid_flow_vae_*.safetensors here."
         )
     if kind != "vae":
@@ -87,23 +77,28 @@ def read_vae_state_dict(path: str):
             "or 'decoder.conv_in.conv.weight'). Use the causal_video_vae folder of rain1011/pyramid-flow-* or "
             "Kijai/pyramid-flow-comfy's pyramid_flow_vae_*.safetensors."
         )
-    config = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
-    return state_dict, config
 
 
-def load_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu", operations=None) -> CausalVideoVAE:
+def load_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu", operations=None,
+             reader: Optional[Reader] = None) -> CausalVideoVAE:
     """Load the causal video VAE in eval mode, weights cast to ``dtype`` (bf16 or fp32) on ``device``.
 
     path: an official ``causal_video_vae`` folder (config.json + safetensors or .bin) or a single safetensors
     file with the official key names (optionally under ``vae.``); without config.json the official config is
     used with the sizes read from the tensor shapes. GroupNorm weights are rounded to ``dtype`` and kept in
-    float32, where the norms compute (the official bf16 autocast does the same).
+    float32, where the norms compute (the official bf16 autocast does the same). Keys and config are checked
+    before any tensor is read; tensors are streamed into the model one by one (``reader``: see
+    :class:`~pyramid_flow.loading.state_dict.WeightSource`).
     """
-    check_dtype(dtype)
-    state_dict, config = read_vae_state_dict(path)
-    config = config or infer_config(state_dict, path)
+    check_model_dtype(dtype, "the Pyramid Flow VAE")
+    source = WeightSource(path, reader, KEY_PREFIXES)
+    check_vae_keys(source.keys(), path)
+    config = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
+    config = config or infer_config(source.shapes(), path)
     model = CausalVideoVAE(**config, dtype=dtype, device="meta", operations=operations)
     storage = {key: tensor.dtype for key, tensor in model.state_dict().items()}
-    for key, tensor in state_dict.items():  # one tensor at a time: peak memory is the file plus one tensor
-        state_dict[key] = tensor.to(device=device, dtype=dtype).to(storage.get(key, dtype))
-    return assign_weights(model, state_dict, path, "VAE")
+
+    def cast(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(device=device, dtype=dtype).to(storage.get(key, dtype))
+
+    return assign_weights(model, stream_tensors(source, cast), path, "VAE")

@@ -4,7 +4,8 @@ Shapes: B batch, T pixel frames, H/W pixel height and width; latents are [B, 16,
 T = 8 (T' - 1) + 1 (the first frame is compressed on its own, reference §3.1).
 """
 
-from typing import Callable, Iterator, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,9 +19,22 @@ from .layers import (
     UpDecoderBlockCausal3D,
     norm_silu,
 )
+from .streaming import Progress, ProgressCounter, cat_frames, gather_frames, stream, temporal_chunks
 from .tiling import TileAssembler, TileGrid, tile_grid
 
-Progress = Optional[Callable[[int, int], None]]  # callback(done, total)
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """A decode preset: the temporal window in latent frames and the spatial tile in pixels (None: untiled)."""
+
+    window_size: int
+    tile_sample_min_size: Optional[int]
+
+
+# The official decode_latent presets: save_memory=True (the default) and save_memory=False.
+SAVE_MEMORY_DECODE = DecodeSettings(window_size=1, tile_sample_min_size=256)
+FAST_DECODE = DecodeSettings(window_size=2, tile_sample_min_size=512)
+ENCODE_TILE = 256  # the official VAE's tile when tiling is enabled (image-to-video encodes with it)
 
 
 def halve(size: int) -> int:
@@ -82,34 +96,6 @@ class CausalVaeDecoder(nn.Module):
         for block in self.up_blocks:
             x = block(x, cache)
         return self.conv_out(norm_silu(self.conv_norm_out, x), cache)
-
-
-def temporal_chunks(frames: int, window_size: int) -> List[slice]:
-    """The official chunking (reference §3.4): a first chunk of window_size + 1 frames, then window_size each
-    (the last one shorter). With 1 + 8k pixel frames and a window that is a multiple of 8, every chunk after the
-    first maps to window_size / 8 latent frames."""
-    bounds = [0, *range(window_size + 1, frames, window_size), frames]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-def posterior_sample(moments: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """A draw from the diagonal Gaussian posterior: mean + exp(logvar / 2) * noise, logvar clamped to [-30, 20].
-
-    moments [B, 2C, T, h, w] (mean ‖ logvar, as returned by encode); noise [B, C, T, h, w]."""
-    mean, logvar = moments.chunk(2, dim=1)
-    return mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
-
-
-class _Progress:
-    def __init__(self, callback: Progress, total: int):
-        self.callback, self.total, self.done = callback, total, 0
-
-    def track(self, pieces: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        for piece in pieces:
-            self.done += 1
-            if self.callback is not None:
-                self.callback(self.done, self.total)
-            yield piece
 
 
 class CausalVideoVAE(nn.Module):
@@ -193,49 +179,48 @@ class CausalVideoVAE(nn.Module):
         """8 T' - 7: each temporal upsample maps T -> 2T - 1."""
         return ((latent_frames - 1) << self.temporal_ups) + 1
 
-    # --- streams of temporal chunks ----------------------------------------------------------------------------
-
-    def _stream(self, run, x: torch.Tensor, window_size: Optional[int]) -> Iterator[torch.Tensor]:
-        """run(piece, cache) over the temporal chunks of x with one causal cache, or once on all of x."""
-        if window_size is None:
-            yield run(x, None)
-            return
-        cache = CausalCache()
-        for frames in temporal_chunks(x.shape[2], window_size):
-            yield run(x[:, :, frames], cache)
-            cache.first_chunk = False
-
-    def _encode_stream(self, video: torch.Tensor, window_size: Optional[int]) -> Iterator[torch.Tensor]:
-        return self._stream(lambda x, cache: self.quant_conv(self.encoder(x, cache), cache), video, window_size)
-
-    def _decode_stream(self, latent: torch.Tensor, window_size: Optional[int]) -> Iterator[torch.Tensor]:
-        return self._stream(lambda z, cache: self.decoder(self.post_quant_conv(z, cache), cache), latent, window_size)
+    @property
+    def temporal_scale(self) -> int:
+        """Video frames per latent frame after the first (8)."""
+        return 1 << self.temporal_downs
 
     # --- encode ------------------------------------------------------------------------------------------------
 
+    def _encode_run(self, x: torch.Tensor, cache: Optional[CausalCache]) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x, cache), cache)
+
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, temporal_chunk: bool = False, window_size: int = 16,
-               tile_sample_min_size: Optional[int] = None, tile_overlap: float = 0.25) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, temporal_chunk: bool = False, window_size: int = 2,
+               tile_sample_min_size: Optional[int] = None, tile_overlap: float = 0.25,
+               callback: Progress = None) -> torch.Tensor:
         """video [B, 3, T, H, W] in [-1, 1] -> moments [B, 2 * latent, T', H/8, W/8] (mean ‖ logvar, unclamped).
 
-        temporal_chunk: encode window_size frames at a time after a first chunk of window_size + 1 (same result
-        up to float rounding, less memory). tile_sample_min_size: None for no spatial tiling; otherwise tiles of
-        that many pixels when H or W exceeds it (official default 256; changes the result, reference §3.5).
+        temporal_chunk / window_size: encode window_size latent frames (8 x as many video frames) at a time after
+        a first chunk of window_size + 1 latent frames, carrying the causal cache (the official default, 16 video
+        frames, is window_size 2; same result up to float rounding, less memory). tile_sample_min_size: None for
+        no spatial tiling; otherwise tiles of that many pixels when H or W exceeds it (official default 256;
+        changes the result, reference §3.5). callback(done, total) runs after each encoded piece.
         """
         if video.dim() != 5:
             raise ValueError(f"video must be [B, 3, T, H, W]; got shape {tuple(video.shape)}.")
         window = self._window(temporal_chunk, window_size)
-        if window is not None and (video.shape[2] - 1) % (1 << self.temporal_downs):
-            raise ValueError(f"Chunked encode needs 1 + {1 << self.temporal_downs}k frames; got {video.shape[2]}.")
+        if window is not None:
+            if (video.shape[2] - 1) % self.temporal_scale:
+                raise ValueError(f"Chunked encode needs 1 + {self.temporal_scale}k frames; got {video.shape[2]}.")
+            window *= self.temporal_scale  # in video frames
         grid = self._tile_grid(video, tile_sample_min_size, tile_overlap, encode=True)
+        progress = ProgressCounter(callback, self._piece_count(video.shape[2], window, grid))
         if grid is None:
-            return _cat_frames(self._encode_stream(video, window))
+            return cat_frames(progress.track(stream(self._encode_run, video, window)))
         assembler = TileAssembler(grid)
         for i, j, tile in grid.tiles(video):
-            assembler.add(i, j, _cat_frames(self._encode_stream(tile, window)))
+            assembler.add(i, j, cat_frames(progress.track(stream(self._encode_run, tile, window))))
         return assembler.output
 
     # --- decode ------------------------------------------------------------------------------------------------
+
+    def _decode_run(self, z: torch.Tensor, cache: Optional[CausalCache]) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z, cache), cache)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, temporal_chunk: bool = False, window_size: int = 2,
@@ -250,14 +235,14 @@ class CausalVideoVAE(nn.Module):
         piece (one temporal chunk of one tile) and may raise to interrupt.
         """
         window, grid = self._decode_plan(latent, temporal_chunk, window_size, tile_sample_min_size, tile_overlap)
-        progress = _Progress(callback, self._piece_count(latent, window, grid))
+        progress = ProgressCounter(callback, self._piece_count(latent.shape[2], window, grid))
         frames = self.decoded_frames(latent.shape[2])
         if grid is None:
-            return _gather_frames(progress.track(self._decode_stream(latent, window)), frames)
+            return gather_frames(progress.track(stream(self._decode_run, latent, window)), frames)
         # Tile by tile over all frames (the official order): one tile's cache and frames live at a time.
         assembler = TileAssembler(grid)
         for i, j, tile in grid.tiles(latent):
-            assembler.add(i, j, _gather_frames(progress.track(self._decode_stream(tile, window)), frames))
+            assembler.add(i, j, gather_frames(progress.track(stream(self._decode_run, tile, window)), frames))
         return assembler.output
 
     @torch.no_grad()
@@ -266,19 +251,19 @@ class CausalVideoVAE(nn.Module):
         """Decode chunk by chunk, yielding video pieces [B, 3, n, 8 h, 8 w] in frame order.
 
         The pieces, concatenated, equal ``decode(latent, temporal_chunk=True, window_size=...,
-        tile_sample_min_size=..., tile_overlap=...)``. With tiling every tile keeps its own cache between
-        pieces, so memory holds all tiles' caches at once (more than decode(), which goes tile by tile).
+        tile_sample_min_size=..., tile_overlap=...)``; memory holds one chunk of frames (plus every tile's causal
+        cache with tiling), so a video of any length can be written out as it decodes.
         """
         window, grid = self._decode_plan(latent, True, window_size, tile_sample_min_size, tile_overlap)
-        progress = _Progress(callback, self._piece_count(latent, window, grid))
+        progress = ProgressCounter(callback, self._piece_count(latent.shape[2], window, grid))
         if grid is None:
-            yield from progress.track(self._decode_stream(latent, window))
+            yield from progress.track(stream(self._decode_run, latent, window))
             return
-        streams = [(i, j, progress.track(self._decode_stream(tile, window))) for i, j, tile in grid.tiles(latent)]
+        streams = [(i, j, progress.track(stream(self._decode_run, tile, window))) for i, j, tile in grid.tiles(latent)]
         for _ in temporal_chunks(latent.shape[2], window):
             assembler = TileAssembler(grid)
-            for i, j, stream in streams:
-                assembler.add(i, j, next(stream))
+            for i, j, pieces in streams:
+                assembler.add(i, j, next(pieces))
             yield assembler.output
 
     def _decode_plan(self, latent, temporal_chunk, window_size, tile_sample_min_size, tile_overlap):
@@ -302,32 +287,13 @@ class CausalVideoVAE(nn.Module):
         if not temporal_chunk:
             return None
         if window_size < 1:
-            raise ValueError(f"window_size {window_size} must be at least 1.")
+            raise ValueError(f"window_size {window_size} must be at least 1 (latent frames per chunk).")
         return window_size
 
     @staticmethod
-    def _piece_count(latent: torch.Tensor, window: Optional[int], grid: Optional[TileGrid]) -> int:
-        chunks = 1 if window is None else len(temporal_chunks(latent.shape[2], window))
+    def _piece_count(frames: int, window: Optional[int], grid: Optional[TileGrid]) -> int:
+        chunks = 1 if window is None else len(temporal_chunks(frames, window))
         return chunks * (1 if grid is None else grid.count)
-
-
-def _cat_frames(pieces: Iterator[torch.Tensor]) -> torch.Tensor:
-    pieces = list(pieces)
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
-
-
-def _gather_frames(pieces: Iterator[torch.Tensor], frames: int) -> torch.Tensor:
-    """Write the pieces [B, C, n, H, W] one after the other into one [B, C, frames, H, W] tensor, allocated once
-    (a list plus torch.cat would hold every frame twice)."""
-    out, start = None, 0
-    for piece in pieces:
-        if out is None:
-            if piece.shape[2] == frames:
-                return piece
-            out = piece.new_empty(*piece.shape[:2], frames, *piece.shape[3:])
-        out[:, :, start : start + piece.shape[2]] = piece
-        start += piece.shape[2]
-    return out
 
 
 def _check_config(part: str, block_types, expected_type: str, channels, groups, layers, spatial, temporal) -> None:

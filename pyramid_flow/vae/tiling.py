@@ -80,8 +80,8 @@ def tile_grid(height: int, width: int, tile: int, out_tile: int, tile_overlap: f
     crop = out_tile - blend
     if stride < 1 or crop < 1:
         raise ValueError(
-            f"A tile of {tile} with overlap {tile_overlap} gives a stride of {stride} and a crop of {crop}; use a "
-            "larger tile_sample_min_size (e.g. 256) or a smaller overlap."
+            f"A tile of {tile} with overlap {tile_overlap} leaves a stride of {stride} and a crop of {crop}: nothing "
+            "to tile with. Use a larger tile size (e.g. 256 pixels) or a smaller overlap."
         )
     rows, out_rows = _spans(height, tile, stride, crop, out_size)
     cols, out_cols = _spans(width, tile, stride, crop, out_size)

@@ -65,7 +65,7 @@ def tiny_checkpoint(variant: str) -> str:
     """
     if REPO_ROOT not in sys.path:
         sys.path.insert(0, REPO_ROOT)
-    from pyramid_flow.tiny import build_tiny_checkpoint
+    from pyramid_flow.testing.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint(os.path.join(TINY_CHECKPOINTS, variant), variant)
 

@@ -12,7 +12,7 @@ from typing import Dict
 import torch
 from safetensors.torch import save_file
 
-from .variants import get_variant
+from ..variants import get_variant
 
 TINY_DIT = {
     "miniflux": {
@@ -125,7 +125,7 @@ def _write_text_encoders(root: str, variant: str, generator: torch.Generator) ->
         config = CLIPTextConfig(vocab_size=514, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                                 num_attention_heads=2, max_position_embeddings=77, projection_dim=hidden,
                                 hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2, pad_token_id=1)
-        config.architectures = ["CLIPTextModelWithProjection" if variant == "sd3" else "CLIPTextModel"]
+        config.architectures = ["CLIPTextModelWithProjection" if get_variant(variant).clip_projected else "CLIPTextModel"]
         _write_transformers_model(os.path.join(root, encoder), config, generator)
         _write_clip_tokenizer(os.path.join(root, tokenizer), pad_token="!" if encoder == "text_encoder_2" else "<|endoftext|>")
     vocab_size = _write_t5_tokenizer(os.path.join(root, tokenizer_folders[-1]))
@@ -154,17 +154,17 @@ def build_tiny_checkpoint(root: str, variant: str = "miniflux", dit_folder: str 
     marker = os.path.join(root, dit_folder, COMPLETE_MARKER)
     if os.path.isfile(marker):
         return root
-    from .dit import PyramidFluxDiT, PyramidMMDiT
-    from .vae import CausalVideoVAE
+    from ..dit import DIT_CLASSES
+    from ..vae import CausalVideoVAE
 
     generator = torch.Generator().manual_seed(seed)
-    dit_config = TINY_DIT[get_variant(variant).name]
-    dit_class = PyramidFluxDiT if variant == "miniflux" else PyramidMMDiT
+    variant = get_variant(variant).name
+    dit_config, dit_class = TINY_DIT[variant], DIT_CLASSES[variant]
     with torch.device("meta"):
         dit = dit_class(**dit_config)
         vae = CausalVideoVAE(**_vae_config())
     _write_component(os.path.join(root, dit_folder), dit_config, dit, generator, "diffusion_pytorch_model.safetensors")
     _write_component(os.path.join(root, "causal_video_vae"), _vae_config(), vae, generator, "diffusion_pytorch_model.safetensors")
-    _write_text_encoders(root, get_variant(variant).name, generator)
+    _write_text_encoders(root, variant, generator)
     open(marker, "w").close()
     return root
