@@ -1,17 +1,23 @@
-"""``python -m pyramid_flow``: a prompt (and optionally an image) in, an mp4 or PNG frames out."""
+"""``python -m pyramid_flow``: a prompt (and optionally a first image or a video to continue) in, an mp4 or PNG
+frames out, and optionally the latent (to extend later)."""
 
 import argparse
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 
 from . import latents as latent_utils
-from .pipeline import DEFAULT_NEGATIVE_PROMPT, PyramidFlowPipeline
-from .video_io import write_mp4, write_pngs
+from .dtypes import COMPUTE_DTYPES
+from .image import resize_to
+from .pipeline import PyramidFlowPipeline
+from .text import DEFAULT_NEGATIVE_PROMPT
+from .vae import FAST_DECODE, SAVE_MEMORY_DECODE
+from .video_io import load_latents, read_video, save_latents, write_mp4, write_pngs
 
 log = logging.getLogger("pyramid_flow")
 
@@ -20,7 +26,6 @@ PRESETS = {  # name: (width, height, DiT folder)
     "768p": (1280, 768, "diffusion_transformer_768p"),
     "image": (1024, 1024, "diffusion_transformer_image"),
 }
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DEFAULT_MODEL_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pyramid_flow")
 
 
@@ -33,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pyramid_flow", description=__doc__)
     p.add_argument("prompt", help="what the video shows")
     p.add_argument("--image", help="first frame for image-to-video (resized to the preset, aspect kept)")
+    p.add_argument("--extend", metavar="VIDEO_OR_LATENT",
+                   help="continue a video: an mp4 (encoded with the VAE) or a .safetensors written by --save-latent "
+                        "(exact); --duration then counts the seconds to add")
     p.add_argument("--model", help="official checkpoint folder (rain1011/pyramid-flow-* layout)")
     p.add_argument("--variant", choices=("miniflux", "sd3"), default="miniflux", help="which repository to download")
     p.add_argument("--download", action="store_true", help="download the model from Hugging Face when missing")
@@ -42,38 +50,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="override the preset height (multiple of 64)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds at 24 fps (5 s = 16 latent frames)")
     p.add_argument("--temp", type=int, help="latent frames instead of --duration (frames = 8*temp-7)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise", choices=("default", "official"), default="default", help="'official' reproduces the official app's seeds")
+    p.add_argument("--seed", type=int, help="default 0, or the seed stored in an --extend latent file")
+    p.add_argument("--noise", choices=("default", "official"), default="default",
+                   help="'official' reproduces the official app's seeds (extending then draws a new stream)")
     p.add_argument("--steps", type=parse_steps, default=[20, 20, 20], help="first-frame steps per stage, e.g. 20,20,20")
     p.add_argument("--video-steps", type=parse_steps, default=[10, 10, 10], help="later-frame steps per stage")
     p.add_argument("--guidance", type=float, default=7.0)
     p.add_argument("--video-guidance", type=float, default=5.0)
     p.add_argument("--negative", default=DEFAULT_NEGATIVE_PROMPT)
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="bf16 (GPU default) or fp32 (CPU default); fp16 is not supported")
+    p.add_argument("--history-window", type=int, metavar="K",
+                   help="keep the first and the K-1 newest past frames in every DiT call: flat memory for any length")
+    p.add_argument("--prompt-schedule", metavar="FILE_OR_TEXT",
+                   help="prompt travel, e.g. '0: a red panda on a log / 4: the panda jumps into the snow' "
+                        "(seconds: prompt); replaces the prompt")
+    p.add_argument("--dtype", choices=sorted(COMPUTE_DTYPES), help="bf16 (GPU default) or fp32 (CPU default); fp16 is not supported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-save-memory", action="store_true", help="decode with 512 px tiles and window 2 (more VRAM)")
     p.add_argument("--no-offload", action="store_true", help="keep every model on the GPU (needs ~40 GB at 768p)")
+    p.add_argument("--save-latent", metavar="PATH", help="also write the final latent (.safetensors) to extend later")
     p.add_argument("--output", default="pyramid_flow.mp4", help="an .mp4 path, or a folder for PNG frames")
     return p
 
 
-def resolve_model(args) -> tuple:
-    """(checkpoint folder, is_tiny). Falls back to the tiny model when no weights can be had."""
+def resolve_model(args) -> Tuple[str, bool]:
+    """(checkpoint folder, is_tiny). The tiny model stands in only when no model folder exists at all and no
+    download was asked for; a folder that exists but is incomplete or broken is an error that names the file."""
     from .loading.hub import ensure_model
-    from .tiny import build_tiny_checkpoint
+    from .testing.tiny import build_tiny_checkpoint
 
     dit_folder = PRESETS[args.resolution][2]
+    target = args.model or os.path.join(DEFAULT_MODEL_DIR, f"pyramid-flow-{args.variant}")
+    if not args.tiny and (args.model or args.download or os.path.isdir(target)):
+        return ensure_model(target, args.variant, dit_folder=dit_folder, allow_download=args.download), False
     if not args.tiny:
-        target = args.model or os.path.join(DEFAULT_MODEL_DIR, f"pyramid-flow-{args.variant}")
-        try:
-            return ensure_model(target, args.variant, dit_folder=dit_folder, allow_download=args.download), False
-        except Exception as err:  # missing weights, no network: say why, then show the path on the tiny model
-            if args.model:
-                raise
-            log.warning("No usable weights (%s).", err)
+        log.warning("No model folder at %s (pass --model DIR, or --download to fetch %s).", target, args.variant)
     folder = build_tiny_checkpoint(os.path.join(DEFAULT_MODEL_DIR, "tiny", args.variant), args.variant, dit_folder=dit_folder)
     log.warning("USING THE BUILT-IN TINY RANDOM-WEIGHT MODEL: the output is noise, not a real video.")
     return folder, True
+
+
+def load_history(path: str, pipe: PyramidFlowPipeline, width: int, height: int, callback) -> Tuple[torch.Tensor, dict]:
+    """The video to continue as normalised latents, and the metadata of a latent file."""
+    if path.endswith(".safetensors"):
+        latents, metadata = load_latents(path)
+        if metadata.get("variant", pipe.variant.name) != pipe.variant.name:
+            raise ValueError(f"'{path}' was made with the {metadata['variant']} model; this run loaded "
+                             f"{pipe.variant.name}. Pass --variant {metadata['variant']} (or its --model folder).")
+        return latents, metadata
+    frames = read_video(path)
+    usable = latent_utils.frames_for_temp(latent_utils.temp_for_frames(frames.shape[0]))
+    if usable != frames.shape[0]:
+        log.info("Using the first %d of %d frames of %s (the causal VAE encodes 1 + 8k frames).", usable,
+                 frames.shape[0], path)
+    resized = [torch.from_numpy(np.asarray(resize_to(f, width, height))) for f in frames[:usable]]
+    return pipe.encode_video(torch.stack(resized), callback=callback), {}
+
+
+def read_schedule(value: Optional[str]) -> Optional[str]:
+    if value is None or not os.path.isfile(value):
+        return value
+    with open(value, encoding="utf-8") as f:
+        return f.read()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -81,42 +118,71 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     width, height = args.width or PRESETS[args.resolution][0], args.height or PRESETS[args.resolution][1]
     latent_utils.check_resolution(width, height)
-    temp = args.temp or latent_utils.temp_for_seconds(args.duration)
-    if args.resolution == "image":
-        temp = 1
-    device = torch.device(args.device)
+    temp = 1 if args.resolution == "image" else args.temp or latent_utils.temp_for_seconds(args.duration)
     folder, tiny = resolve_model(args)
-    dtype = DTYPES[args.dtype] if args.dtype else None
+    dtype = COMPUTE_DTYPES[args.dtype] if args.dtype else None
     offload = False if args.no_offload else None  # None: on for CUDA
-    pipe = PyramidFlowPipeline.from_pretrained(folder, dit_folder=PRESETS[args.resolution][2], device=device, dtype=dtype,
-                                               offload=offload)
-    progress = _progress_bar()
-    common = dict(negative_prompt=args.negative, seed=args.seed, noise=args.noise, save_memory=not args.no_save_memory, callback=progress)
-    if args.image:
-        frames = pipe.generate_i2v(Image.open(args.image), args.prompt, temp=temp, num_inference_steps=args.video_steps,
-                                   guidance_scale=args.guidance, video_guidance_scale=args.video_guidance,
-                                   size=(width, height), **common)
+    pipe = PyramidFlowPipeline.from_pretrained(folder, dit_folder=PRESETS[args.resolution][2], device=torch.device(args.device),
+                                               dtype=dtype, offload=offload)
+    schedule = read_schedule(args.prompt_schedule)
+    common = dict(negative_prompt=args.negative, noise=args.noise, callback=ProgressBar("sampling").step,
+                  history_window=args.history_window, prompt_schedule=schedule)
+    if args.extend:
+        history, metadata = load_history(args.extend, pipe, width, height, ProgressBar("encoding").piece)
+        seed = args.seed if args.seed is not None else int(metadata.get("seed", 0))
+        if args.noise == "official":
+            log.info("Extending with noise=official draws a new sequential stream: not the frames one longer run "
+                     "would give (the default noise is keyed per frame and would).")
+        units = args.temp or latent_utils.units_for_seconds(args.duration)
+        latents = pipe.extend(history, args.prompt, units, num_inference_steps=args.video_steps,
+                              guidance_scale=args.guidance, video_guidance_scale=args.video_guidance, seed=seed, **common)
+    elif args.image:
+        seed = args.seed or 0
+        latents = pipe.generate_i2v(Image.open(args.image), args.prompt, temp=temp, num_inference_steps=args.video_steps,
+                                    guidance_scale=args.guidance, video_guidance_scale=args.video_guidance, seed=seed,
+                                    size=(width, height), output_type="latent", decode_callback=ProgressBar("encoding").piece,
+                                    **common)
     else:
-        frames = pipe.generate(args.prompt, height, width, temp, args.steps, args.video_steps,
-                               args.guidance, args.video_guidance, **common)
-    output = write_mp4(frames, args.output) if args.output.endswith(".mp4") else write_pngs(frames, args.output)[0]
+        seed = args.seed or 0
+        latents = pipe.generate(args.prompt, height, width, temp, args.steps, args.video_steps, args.guidance,
+                                args.video_guidance, seed=seed, output_type="latent", **common)
+    if args.save_latent:
+        save_latents(args.save_latent, latents, variant=pipe.variant.name, seed=seed)
+        log.info("Wrote the latent (%d latent frames) to %s", latents.shape[2], args.save_latent)
+    settings = FAST_DECODE if args.no_save_memory else SAVE_MEMORY_DECODE
+    frames = pipe.iter_frames(latents, settings, callback=ProgressBar("decoding").piece)
+    if args.output.endswith(".mp4"):
+        count, where = write_mp4(frames, args.output), args.output
+    else:
+        count, where = len(write_pngs(frames, args.output)), args.output
     label = " (tiny random-weight model: noise)" if tiny else ""
-    log.info("Wrote %d frames of %dx%d to %s%s", frames.shape[0], width, height, args.output if args.output.endswith(".mp4") else os.path.dirname(output), label)
+    h, w = latent_utils.pixel_size(latents)
+    log.info("Wrote %d frames of %dx%d to %s%s", count, w, h, where, label)
     return 0
 
 
-def _progress_bar():
-    from tqdm import tqdm
+class ProgressBar:
+    """A tqdm bar on stderr for one phase; it opens on the first update of a run and closes when it is done."""
 
-    bar = None
+    def __init__(self, what: str):
+        self.what, self.bar = what, None
 
-    def update(info):
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=info.total, unit="step", file=sys.stderr)
-        bar.set_postfix_str(f"frame {info.unit + 1}/{info.num_units} stage {info.stage + 1}")
-        bar.update(1)
-        if info.done == info.total:
-            bar.close()
+    def update(self, done: int, total: int, note: Optional[str] = None) -> None:
+        from tqdm import tqdm
 
-    return update
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.what, file=sys.stderr)
+        if note:
+            self.bar.set_postfix_str(note)
+        self.bar.update(done - self.bar.n)
+        if done == total:
+            self.bar.close()
+            self.bar = None
+
+    def step(self, info) -> None:
+        """The sampler's callback (a StepInfo after every DiT step)."""
+        self.update(info.done, info.total, f"frame {info.unit + 1}/{info.num_units} stage {info.stage + 1}")
+
+    def piece(self, done: int, total: int) -> None:
+        """A VAE callback (after every encoded or decoded piece)."""
+        self.update(done, total)

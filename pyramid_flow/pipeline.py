@@ -1,50 +1,31 @@
-"""Everything wired together: load an official checkpoint folder, encode prompts, sample, decode."""
+"""Everything wired together: load an official checkpoint folder, encode prompts, sample, decode.
+
+The command line (``pyramid_flow.cli``) is the only user of this module; ComfyUI's nodes call the library pieces
+themselves.
+"""
 
 import os
 from contextlib import contextmanager
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
 from . import latents as latent_utils
 from .dit import load_dit
 from .image import ImageLike, image_to_vae_input, resize_to, to_pil
+from .loading.detect import checkpoint_kind
 from .loading.hub import DIT_FOLDERS, VAE_FOLDER
 from .loading.state_dict import CheckpointError
-from .noise import NoiseSource, OfficialNoise
-from .sampler import PyramidSampler, StepCallback, draw_latent_noise, draw_posterior_sample
+from .noise import NoiseSource, make_noise
+from .sampler import Conditioning, PyramidSampler, StepCallback
 from .scheduler import PyramidFlowScheduler
-from .text import PyramidTextEncoder, TextEmbeddings
+from .text import (DEFAULT_NEGATIVE_PROMPT, PromptSchedule, PyramidTextEncoder, TextEmbeddings, effective_prompts,
+                   parse_prompt_schedule, schedule_units)
 from .variants import Variant, get_variant
-from .vae import load_vae
+from .vae import ENCODE_TILE, FAST_DECODE, SAVE_MEMORY_DECODE, DecodeSettings, load_vae
 
-PROMPT_SUFFIX = ", hyper quality, Ultra HD, 8K"
-DEFAULT_NEGATIVE_PROMPT = (
-    "cartoon style, worst quality, low quality, blurry, absolute black, absolute white, low res, extra limbs, "
-    "extra digits, misplaced objects, mutated anatomy, monochrome, horror"
-)
-# decode_latent(save_memory): (temporal window in latent frames, spatial tile in pixels)
-DECODE_SETTINGS = {True: (1, 256), False: (2, 512)}
-ENCODE_TILE = 256  # the official VAE's default tile when tiling is enabled
-
-
-def checkpoint_kind(name: str) -> Optional[str]:
-    """'384p' / '768p' / 'image' from a DiT folder or file name, when the name says it (weights cannot tell)."""
-    name = os.path.basename(os.path.normpath(name)).lower()
-    for kind in ("768", "384", "image"):
-        if kind in name:
-            return kind if kind == "image" else kind + "p"
-    return None
-
-
-def effective_prompts(
-    prompt: Union[str, Sequence[str]], negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT, add_suffix: bool = True
-) -> Tuple[List[str], List[str]]:
-    """The texts actually encoded: the suffix goes on positive prompts only; a None negative prompt is ''."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if add_suffix:
-        prompts = [p + PROMPT_SUFFIX for p in prompts]
-    return prompts, [negative_prompt or ""] * len(prompts)
+Noise = Union[str, NoiseSource, None]  # "default", "official", or a source; None = "default"
+ScheduleLike = Union[str, Sequence[Tuple[float, str]]]  # "0: a / 4: b" or [(0.0, "a"), (4.0, "b")]
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -124,6 +105,8 @@ class PyramidFlowPipeline:
         )
         return cls(dit, vae, text_encoder, variant, checkpoint_kind(dit_path), device, dtype, offload=offload)
 
+    # --- text --------------------------------------------------------------------------------------------------
+
     def encode_prompt(
         self, prompt: Union[str, Sequence[str]], negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT, add_suffix: bool = True
     ) -> Tuple[TextEmbeddings, TextEmbeddings]:
@@ -134,22 +117,41 @@ class PyramidFlowPipeline:
         with self._placed(self.text_encoder) as encoder:
             return encoder.encode(prompts).to(self.device), encoder.encode(negatives).to(self.device)
 
+    def encode_conditioning(self, prompt: Union[str, Sequence[str]], negative_prompt: Optional[str],
+                            prompt_schedule: Optional[ScheduleLike], num_units: int) -> Tuple[Conditioning, TextEmbeddings]:
+        """The positive conditioning (one prompt, or a schedule with each distinct prompt encoded once) and the
+        negative one."""
+        if prompt_schedule is None:
+            return self.encode_prompt(prompt, negative_prompt)
+        entries = parse_prompt_schedule(prompt_schedule) if isinstance(prompt_schedule, str) else list(prompt_schedule)
+        units = schedule_units(entries, num_units)
+        texts = list(dict.fromkeys(text for _, text in units))
+        embeddings = {}
+        for text in texts:
+            embeddings[text], uncond = self.encode_prompt(text, negative_prompt)
+        return PromptSchedule.from_texts(units, embeddings), uncond
+
+    # --- sampling ----------------------------------------------------------------------------------------------
+
     def check_request(self, width: int, height: int, temp: int) -> None:
         """Fail before any heavy work on an impossible request; warn on sizes the checkpoint was not trained for."""
         latent_utils.check_resolution(width, height)
         latent_utils.check_temp(temp, self.checkpoint)
         latent_utils.warn_resolution(width, height, temp, self.checkpoint)
 
-    def _noise(self, seed: Optional[int], noise):
-        """A noise source: ``noise`` itself, or for ``seed`` the default source / ``noise='official'``."""
+    def _noise(self, seed: Optional[int], noise: Noise) -> NoiseSource:
+        """``noise`` itself when it is a source, else the source registered under its name for ``seed``."""
         if noise is not None and not isinstance(noise, str):
             return noise
-        seed = 0 if seed is None else seed
-        if noise == "official":
-            return OfficialNoise(seed, self.device, gamma=self.scheduler.gamma)
-        if noise in (None, "default"):
-            return NoiseSource(seed, gamma=self.scheduler.gamma)
-        raise ValueError(f"noise must be 'default', 'official' or a noise source, got '{noise}'")
+        return make_noise(noise or "default", 0 if seed is None else seed, gamma=self.scheduler.gamma, device=self.device)
+
+    def _sampler(self, dit: torch.nn.Module, seed: Optional[int], noise: Noise, callback) -> PyramidSampler:
+        return PyramidSampler(dit, self._noise(seed, noise), self.device, self.dtype, self.scheduler, callback)
+
+    def _output(self, latents: torch.Tensor, output_type: str, save_memory: bool, callback) -> torch.Tensor:
+        if output_type == "latent":
+            return latents
+        return self.decode(latents, SAVE_MEMORY_DECODE if save_memory else FAST_DECODE, callback=callback)
 
     def generate(
         self,
@@ -163,21 +165,28 @@ class PyramidFlowPipeline:
         video_guidance_scale: float = 5.0,
         negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT,
         seed: Optional[int] = None,
-        noise=None,
+        noise: Noise = None,
         output_type: str = "uint8",
         save_memory: bool = True,
         callback: Optional[StepCallback] = None,
+        history_window: Optional[int] = None,
+        prompt_schedule: Optional[ScheduleLike] = None,
+        decode_callback=None,
     ) -> torch.Tensor:
-        """Text-to-video. Returns normalised latents (``output_type='latent'``) or uint8 frames [F, H, W, 3]."""
+        """Text-to-video. Returns normalised latents (``output_type='latent'``) or uint8 frames [F, H, W, 3].
+
+        ``prompt_schedule`` (prompt travel) replaces ``prompt`` with timed prompts; ``history_window`` bounds the
+        history (see :mod:`pyramid_flow.sampler`).
+        """
         self.check_request(width, height, temp)
-        cond, uncond = self.encode_prompt(prompt, negative_prompt)
+        cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, temp)
         with self._placed(self.dit) as dit:
-            sampler = PyramidSampler(dit, self._noise(seed, noise), self.device, self.dtype, self.scheduler, callback)
-            latents = sampler.text_to_video(
+            latents = self._sampler(dit, seed, noise, callback).text_to_video(
                 cond, uncond, height=height, width=width, temp=temp, first_frame_steps=num_inference_steps,
-                video_steps=video_num_inference_steps, guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale,
+                video_steps=video_num_inference_steps, guidance_scale=guidance_scale,
+                video_guidance_scale=video_guidance_scale, history_window=history_window,
             )
-        return latents if output_type == "latent" else self.decode(latents, *DECODE_SETTINGS[save_memory])
+        return self._output(latents, output_type, save_memory, decode_callback)
 
     def generate_i2v(
         self,
@@ -189,43 +198,91 @@ class PyramidFlowPipeline:
         video_guidance_scale: float = 4.0,
         negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT,
         seed: Optional[int] = None,
-        noise=None,
+        noise: Noise = None,
         output_type: str = "uint8",
         save_memory: bool = True,
         callback: Optional[StepCallback] = None,
         size: Optional[Tuple[int, int]] = None,
         resize_mode: str = "crop",
+        history_window: Optional[int] = None,
+        prompt_schedule: Optional[ScheduleLike] = None,
+        decode_callback=None,
     ) -> torch.Tensor:
         """Image-to-video; ``temp`` counts the image frame. ``size`` (width, height) resizes the image first."""
         image = resize_to(input_image, *size, mode=resize_mode) if size else to_pil(input_image)
         self.check_request(image.width, image.height, temp)
-        cond, uncond = self.encode_prompt(prompt, negative_prompt)
-        noise = self._noise(seed, noise)
-        initial_noise = draw_latent_noise(noise, cond.prompt_embeds.shape[0], temp, image.height, image.width, self.device, self.dtype)
-        image_latent = self.encode_image(image, noise)
+        cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, temp)
+        moments = self.encode_image(image, callback=decode_callback)
         with self._placed(self.dit) as dit:
-            sampler = PyramidSampler(dit, noise, self.device, self.dtype, self.scheduler, callback)
-            latents = sampler.image_to_video(
-                cond, uncond, image_latent=image_latent, temp=temp, steps=num_inference_steps,
-                guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale, initial_noise=initial_noise,
+            latents = self._sampler(dit, seed, noise, callback).image_to_video(
+                cond, uncond, image_moments=moments, variant=self.variant, temp=temp, steps=num_inference_steps,
+                guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale, history_window=history_window,
             )
-        return latents if output_type == "latent" else self.decode(latents, *DECODE_SETTINGS[save_memory])
+        return self._output(latents, output_type, save_memory, decode_callback)
+
+    def extend(
+        self,
+        latents: torch.Tensor,
+        prompt: Union[str, Sequence[str]],
+        units: int,
+        num_inference_steps: Union[int, Sequence[int]] = (10, 10, 10),
+        guidance_scale: float = 7.0,
+        video_guidance_scale: float = 5.0,
+        negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT,
+        seed: Optional[int] = None,
+        noise: Noise = None,
+        callback: Optional[StepCallback] = None,
+        history_window: Optional[int] = None,
+        prompt_schedule: Optional[ScheduleLike] = None,
+    ) -> torch.Tensor:
+        """Continue a video: normalised latents [B, 16, T0, h, w] -> [B, 16, T0 + units, h, w].
+
+        With the default noise and the same seed, extending the first T0 frames of a run by N gives that run's
+        frames T0 .. T0 + N - 1. A ``prompt_schedule`` counts seconds from the start of the whole video.
+        """
+        height, width = latent_utils.pixel_size(latents)
+        self.check_request(width, height, latents.shape[2] + units)
+        cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, latents.shape[2] + units)
+        with self._placed(self.dit) as dit:
+            return self._sampler(dit, seed, noise, callback).extend(
+                cond, uncond, history=latents, units=units, steps=num_inference_steps, guidance_scale=guidance_scale,
+                video_guidance_scale=video_guidance_scale, history_window=history_window,
+            )
+
+    # --- VAE ---------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_image(self, image, noise, tile_sample_min_size: Optional[int] = ENCODE_TILE, **encode_kwargs) -> torch.Tensor:
-        """PIL image -> normalised first-frame latent [1, 16, 1, H/8, W/8] (a posterior sample, as the official)."""
+    def encode_image(self, image, tile_sample_min_size: Optional[int] = ENCODE_TILE, callback=None) -> torch.Tensor:
+        """PIL image -> VAE moments [1, 32, 1, H/8, W/8] (mean ‖ logvar), encoded as the official image-to-video."""
         video = image_to_vae_input(image).to(device=self.device, dtype=self.dtype)
         with self._placed(self.vae) as vae:
-            moments = vae.encode(video, tile_sample_min_size=tile_sample_min_size, **encode_kwargs)
-        return latent_utils.normalize(draw_posterior_sample(noise, moments), self.variant)
+            return vae.encode(video, tile_sample_min_size=tile_sample_min_size, callback=callback)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, window_size: int = 1, tile_sample_min_size: Optional[int] = 256) -> torch.Tensor:
-        """Normalised latents -> uint8 frames [F, H, W, 3]."""
+    def encode_video(self, frames: torch.Tensor, callback=None) -> torch.Tensor:
+        """uint8 frames [F, H, W, 3] (F = 1 + 8k) -> normalised latents [1, 16, 1 + k, H/8, W/8] (the posterior
+        mean), to extend a video given as frames."""
+        video = frames.permute(3, 0, 1, 2)[None].to(device=self.device, dtype=self.dtype).div(127.5).sub(1)
+        with self._placed(self.vae) as vae:
+            moments = vae.encode(video, temporal_chunk=True, tile_sample_min_size=ENCODE_TILE, callback=callback)
+        return latent_utils.normalize(moments[:, : moments.shape[1] // 2], self.variant)
+
+    @torch.no_grad()
+    def iter_frames(self, latents: torch.Tensor, settings: DecodeSettings = SAVE_MEMORY_DECODE,
+                    callback=None) -> Iterator[torch.Tensor]:
+        """Normalised latents -> uint8 frames [n, H, W, 3], one decoded chunk at a time: a video of any length is
+        written out with the memory of one chunk (the numbers equal :meth:`decode`'s)."""
+        with self._placed(self.vae) as vae:
+            for piece in vae.iter_decode(latent_utils.denormalize(latents, self.variant), settings.window_size,
+                                         settings.tile_sample_min_size, callback=callback):
+                yield latent_utils.to_uint8(piece)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, settings: DecodeSettings = SAVE_MEMORY_DECODE, callback=None) -> torch.Tensor:
+        """Normalised latents -> uint8 frames [F, H, W, 3]; ``callback(done, total)`` after each decoded piece."""
         with self._placed(self.vae) as vae:
             video = vae.decode(
-                latent_utils.denormalize(latents, self.variant), temporal_chunk=True,
-                window_size=window_size, tile_sample_min_size=tile_sample_min_size,
+                latent_utils.denormalize(latents, self.variant), temporal_chunk=True, window_size=settings.window_size,
+                tile_sample_min_size=settings.tile_sample_min_size, callback=callback,
             )
         return latent_utils.to_uint8(video)
-

@@ -1,34 +1,85 @@
-"""Writing frames to disk: H.264 mp4 through PyAV, or numbered PNGs."""
+"""Files in and out: H.264 mp4 (PyAV) or numbered PNGs for frames, safetensors for latents.
+
+Frames are uint8 [F, H, W, 3]. Writers take one tensor or an iterable of frame chunks, so a decode can be written
+out as it goes (bounded memory whatever the length).
+"""
 
 import os
-from typing import List
+from typing import Dict, Iterable, List, Tuple, Union
 
+import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .latents import FPS
 
+Frames = Union[torch.Tensor, Iterable[torch.Tensor]]
+LATENT_FORMAT = "pyramid_flow_latent"  # the metadata tag of a saved latent
+LATENT_KEY = "latents"
 
-def write_mp4(frames: torch.Tensor, path: str, fps: int = FPS, crf: int = 18) -> str:
-    """uint8 frames [F, H, W, 3] -> an H.264 (yuv420p) mp4 at ``path``."""
-    import av  # optional dependency: only the CLI's mp4 output needs it
 
-    frames = frames.cpu().numpy()
+def _chunks(frames: Frames) -> Iterable[torch.Tensor]:
+    return [frames] if isinstance(frames, torch.Tensor) else frames
+
+
+def write_mp4(frames: Frames, path: str, fps: int = FPS, crf: int = 18) -> int:
+    """uint8 frames -> an H.264 (yuv420p) mp4 at ``path``; returns the number of frames written."""
+    import av  # optional dependency: only the CLI's mp4 files need it
+
+    count = 0
     with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+        stream = None
+        for chunk in _chunks(frames):
+            for frame in chunk.cpu().numpy():
+                if stream is None:
+                    stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+                    stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                count += 1
+        if stream is not None:
+            container.mux(stream.encode())
+    return count
+
+
+def write_pngs(frames: Frames, folder: str, prefix: str = "frame") -> List[str]:
+    """uint8 frames -> ``folder/prefix_00000.png`` ..."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for chunk in _chunks(frames):
+        for frame in chunk.cpu().numpy():
+            path = os.path.join(folder, f"{prefix}_{len(paths):05d}.png")
+            Image.fromarray(frame).save(path)
+            paths.append(path)
+    return paths
+
+
+def read_video(path: str) -> torch.Tensor:
+    """Every frame of a video file as uint8 [F, H, W, 3]."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError) as err:
+        raise ValueError(f"'{path}' could not be read as a video ({err}).") from err
+    if not frames:
+        raise ValueError(f"'{path}' holds no video frames.")
+    return torch.from_numpy(np.stack(frames))
+
+
+def save_latents(path: str, latents: torch.Tensor, **metadata: str) -> str:
+    """Normalised latents [B, 16, T, h, w] with string metadata (variant, seed, ...) -> a safetensors file."""
+    save_file({LATENT_KEY: latents.detach().float().contiguous().cpu()}, path,
+              metadata={"format": LATENT_FORMAT, **{k: str(v) for k, v in metadata.items()}})
     return path
 
 
-def write_pngs(frames: torch.Tensor, folder: str, prefix: str = "frame") -> List[str]:
-    """uint8 frames [F, H, W, 3] -> ``folder/prefix_00000.png`` ..."""
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for i, frame in enumerate(frames.cpu().numpy()):
-        path = os.path.join(folder, f"{prefix}_{i:05d}.png")
-        Image.fromarray(frame).save(path)
-        paths.append(path)
-    return paths
+def load_latents(path: str) -> Tuple[torch.Tensor, Dict[str, str]]:
+    """(normalised latents, metadata) of a file written by :func:`save_latents`."""
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != LATENT_FORMAT or LATENT_KEY not in f.keys():
+            raise ValueError(f"'{path}' is not a Pyramid Flow latent file (written by --save-latent).")
+        return f.get_tensor(LATENT_KEY), metadata

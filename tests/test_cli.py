@@ -9,7 +9,7 @@ from PIL import Image
 from pyramid_flow import cli
 from pyramid_flow.loading.state_dict import CheckpointError
 from pyramid_flow.pipeline import PyramidFlowPipeline
-from pyramid_flow.tiny import build_tiny_checkpoint
+from pyramid_flow.testing.tiny import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ from tolerance import assert_within_ulps
 from pyramid_flow import latents as latent_utils
 from pyramid_flow.image import image_to_vae_input
 from pyramid_flow.noise import ReplayNoise
-from pyramid_flow.pipeline import DEFAULT_NEGATIVE_PROMPT, ENCODE_TILE, PyramidFlowPipeline, effective_prompts
+from pyramid_flow.pipeline import PyramidFlowPipeline
+from pyramid_flow.text import DEFAULT_NEGATIVE_PROMPT, effective_prompts
+from pyramid_flow.vae import ENCODE_TILE
 
 TEXT_ATOL = 1e-4
 LATENT_ATOL = 1e-3
