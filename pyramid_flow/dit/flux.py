@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
 from .base import PyramidDiT, count_blocks, head_dim, register_dit
 from .layers import AdaLayerNormZeroSingle, JointTransformerBlock, SelfAttention, attend
 from .sequence import flux_position_ids, patchify
@@ -68,7 +69,7 @@ class PyramidFluxDiT(PyramidDiT):
         operations=None,
         **ignored,
     ):
-        operations = operations or nn
+        operations = operations or ops
         if attention_head_dim != sum(FLUX_ROPE_AXES):
             raise ValueError(
                 f"attention_head_dim {attention_head_dim} must be {sum(FLUX_ROPE_AXES)}: the official loader forces "

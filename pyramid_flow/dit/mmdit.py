@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
+from .. import ops
 from .base import PyramidDiT, count_blocks, head_dim, register_dit
 from .embeddings import crop_sincos, sincos_2d_table
 from .layers import JointTransformerBlock
@@ -96,7 +97,7 @@ class PyramidMMDiT(PyramidDiT):
         operations=None,
         **ignored,
     ):
-        operations = operations or nn
+        operations = operations or ops
         dim = num_attention_heads * attention_head_dim
         check_sd3_config(dim, caption_projection_dim, qk_norm, pos_embed_type)
         super().__init__(

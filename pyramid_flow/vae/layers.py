@@ -1,6 +1,9 @@
 """Building blocks of the causal video VAE (reference §3.2), with an explicit causal cache.
 
-Shapes: B batch, C channels, T frames, H/W height and width. Every video tensor is [B, C, T, H, W].
+Shapes: B batch, C channels, T frames, H/W height and width. Every video tensor is [B, C, T, H, W], held in the
+``channels_last_3d`` layout (physically [B, T, H, W, C]): then every frame is one contiguous block, so the
+per-frame GroupNorm, the per-frame attention and oneDNN's 3-D convolutions all work on views, without the
+transposing copies that the [B, C, T, H, W] layout needs around each of them.
 
 Causality: each CausalConv3d pads its input with k_t - 1 = 2 zero frames in front, so a frame only sees itself
 and the past. To process a long video in temporal chunks, a :class:`CausalCache` carries the last frames of every
@@ -16,11 +19,34 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 from ..attention import attention
 
 NORM_EPS = 1e-6  # every GroupNorm of the VAE (reference §6.8)
+LAYOUT = torch.channels_last_3d
+
+
+def frames_last(x: torch.Tensor) -> torch.Tensor:
+    """x [B, C, T, H, W] in the VAE's layout (a copy only if it is not in it yet)."""
+    return x.contiguous(memory_format=LAYOUT)
+
+
+def zeros_like_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """``frames`` zero frames [B, C, frames, H, W] shaped and laid out like x."""
+    b, c, _, h, w = x.shape
+    return torch.empty((b, c, frames, h, w), dtype=x.dtype, device=x.device, memory_format=LAYOUT).zero_()
+
+
+def per_frame_view(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, T, H, W] channels_last_3d -> [(B T), C, H, W] channels_last, the same memory."""
+    b, c, t, h, w = x.shape
+    return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+
+
+def from_frames(frames: torch.Tensor, batch: int) -> torch.Tensor:
+    """Inverse of :func:`per_frame_view`."""
+    bt, c, h, w = frames.shape
+    return frames.reshape(batch, bt // batch, c, h, w).permute(0, 2, 1, 3, 4)
 
 
 class CausalCache:
@@ -40,28 +66,21 @@ def is_first_chunk(cache: Optional[CausalCache]) -> bool:
     return cache is None or cache.first_chunk
 
 
-def _copy(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A contiguous copy of x (any strides) in ``dtype``, made in one pass."""
-    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
-
-
 def norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """SiLU(GroupNorm(x)) of every frame on its own (the official CausalGroupNorm, reference §3.2).
 
-    x [B, C, T, H, W] -> same shape and dtype; statistics per (batch, frame, group), computed in float32.
+    x [B, C, T, H, W] -> same shape, dtype and layout; statistics per (batch, frame, group), computed in float32.
     """
-    b, c, t, h, w = x.shape
-    frames = _copy(x.transpose(1, 2), torch.float32).view(b * t, c, h, w)  # [(B T), C, H, W]
-    frames = F.silu(norm(frames), inplace=True)
-    return _copy(frames.view(b, t, c, h, w).transpose(1, 2), x.dtype)
+    frames = F.silu(norm(per_frame_view(x).float()), inplace=True)  # [(B T), C, H, W], channels_last
+    return from_frames(frames.to(x.dtype), x.shape[0])
 
 
 class CausalConv3d(nn.Module):
-    """Conv3d (cubic kernel k, padding 0 inside) after k - 1 frames of causal padding and k // 2 zero pixels.
+    """Conv3d (cubic kernel k) after k - 1 frames of causal padding; k // 2 zero pixels of spatial padding.
 
     The first chunk (or a one-shot call) is padded with zero frames. A later chunk is preceded by the cached
     frames instead: 2 for a stride-1 conv, 1 for the stride-2 temporal downsampler, as the official cache does
-    (reference §3.4).
+    (reference §3.4). The spatial padding is the convolution's own, so only the few front frames are copied in.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride=1, bias: bool = True,
@@ -69,23 +88,17 @@ class CausalConv3d(nn.Module):
         super().__init__()
         stride = (stride, 1, 1) if isinstance(stride, int) else tuple(stride)
         self.time_pad = kernel_size - 1
-        self.space_pad = kernel_size // 2
         self.context_frames = self.time_pad - (stride[0] - 1)  # frames taken from the cache on a later chunk
-        self.conv = operations.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias,
-                                      dtype=dtype, device=device)
+        space_pad = kernel_size // 2
+        self.conv = operations.Conv3d(in_channels, out_channels, kernel_size, stride=stride,
+                                      padding=(0, space_pad, space_pad), bias=bias, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
         """x [B, C_in, T, H, W] -> [B, C_out, T', H', W']."""
         first = is_first_chunk(cache)
         front = self.time_pad if first else self.context_frames
-        if front or self.space_pad:
-            b, c, t, h, w = x.shape
-            p = self.space_pad
-            padded = x.new_zeros(b, c, front + t, h + 2 * p, w + 2 * p)
-            padded[:, :, front:, p : p + h, p : p + w] = x
-            if not first and front:
-                padded[:, :, :front] = cache.frames[self]
-            x = padded
+        if front:
+            x = torch.cat([zeros_like_frames(x, front) if first else cache.frames[self], x], dim=2)
         if cache is not None and self.context_frames:
             cache.frames[self] = x[:, :, -self.context_frames :].clone()  # a copy, so the chunk can be freed
         return self.conv(x)
@@ -137,7 +150,11 @@ class CausalUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
         pt, ph, pw = self.factors
-        x = rearrange(self.conv(x, cache), "b (c pt ph pw) t h w -> b c (t pt) (h ph) (w pw)", pt=pt, ph=ph, pw=pw)
+        y = self.conv(x, cache)  # [B, C pt ph pw, T, H, W], physically [B, T, H, W, (c pt ph pw)]
+        b, _, t, h, w = y.shape
+        y = y.permute(0, 2, 3, 4, 1).reshape(b, t, h, w, -1, pt, ph, pw)
+        y = y.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, t * pt, h * ph, w * pw, -1)  # the one copy: depth to space
+        x = y.permute(0, 4, 1, 2, 3)  # [B, C, T pt, H ph, W pw], channels_last_3d
         if pt > 1 and is_first_chunk(cache):
             x = x[:, :, 1:]
         return x
@@ -159,12 +176,12 @@ class FrameAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, T, H, W] -> same."""
         b, c, t, h, w = x.shape
-        residual = x.transpose(1, 2).reshape(b * t, c, h * w)  # [(B T), C, L]
-        normed = self.group_norm(residual.float()).to(x.dtype).transpose(1, 2)  # [(B T), L, C]
+        frames = per_frame_view(x)  # [(B T), C, H, W] channels_last: physically [(B T), H, W, C]
+        normed = self.group_norm(frames.float()).to(x.dtype).permute(0, 2, 3, 1).reshape(b * t, h * w, c)
         q, k, v = (proj(normed).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # [(B T), 1, L, C]
         out = self.to_out[0](attention(q, k, v).squeeze(1))  # [(B T), L, C]
-        out = out.transpose(1, 2) + residual  # [(B T), C, L]
-        return _copy(out.view(b, t, c, h, w).transpose(1, 2), x.dtype)
+        out = out + frames.permute(0, 2, 3, 1).reshape(b * t, h * w, c)  # the residual, the same layout
+        return out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # [B, C, T, H, W], channels_last_3d
 
 
 class CausalUNetMidBlock2D(nn.Module):

@@ -10,6 +10,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .. import ops
 from .layers import (
     NORM_EPS,
     CausalCache,
@@ -17,6 +18,7 @@ from .layers import (
     CausalUNetMidBlock2D,
     DownEncoderBlockCausal3D,
     UpDecoderBlockCausal3D,
+    frames_last,
     norm_silu,
 )
 from .streaming import Progress, ProgressCounter, cat_frames, gather_frames, stream, temporal_chunks
@@ -139,7 +141,7 @@ class CausalVideoVAE(nn.Module):
         **ignored,  # config.json keys without effect at inference (act fns, dropout, sample_size, scaling_factor, ...)
     ):
         super().__init__()
-        operations = operations or nn
+        operations = operations or ops
         _check_config("encoder", encoder_down_block_types, "DownEncoderBlockCausal3D", encoder_block_out_channels,
                       encoder_norm_num_groups, encoder_layers_per_block, encoder_spatial_down_sample,
                       encoder_temporal_down_sample)
@@ -187,7 +189,7 @@ class CausalVideoVAE(nn.Module):
     # --- encode ------------------------------------------------------------------------------------------------
 
     def _encode_run(self, x: torch.Tensor, cache: Optional[CausalCache]) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x, cache), cache)
+        return self.quant_conv(self.encoder(frames_last(x), cache), cache)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, temporal_chunk: bool = False, window_size: int = 2,
@@ -220,7 +222,7 @@ class CausalVideoVAE(nn.Module):
     # --- decode ------------------------------------------------------------------------------------------------
 
     def _decode_run(self, z: torch.Tensor, cache: Optional[CausalCache]) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z, cache), cache)
+        return self.decoder(self.post_quant_conv(frames_last(z), cache), cache)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, temporal_chunk: bool = False, window_size: int = 2,

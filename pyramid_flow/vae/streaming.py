@@ -8,7 +8,7 @@ from typing import Callable, Iterator, List, Optional
 
 import torch
 
-from .layers import CausalCache
+from .layers import LAYOUT, CausalCache
 
 Progress = Optional[Callable[[int, int], None]]  # callback(done, total); may raise to interrupt
 Run = Callable[[torch.Tensor, Optional[CausalCache]], torch.Tensor]  # run(piece, cache) -> output piece
@@ -61,7 +61,8 @@ def gather_frames(pieces: Iterator[torch.Tensor], frames: int) -> torch.Tensor:
         if out is None:
             if piece.shape[2] == frames:
                 return piece
-            out = piece.new_empty(*piece.shape[:2], frames, *piece.shape[3:])
+            out = torch.empty((*piece.shape[:2], frames, *piece.shape[3:]), dtype=piece.dtype, device=piece.device,
+                              memory_format=LAYOUT)
         out[:, :, start : start + piece.shape[2]] = piece
         start += piece.shape[2]
     return out

@@ -125,6 +125,7 @@ class TileAssembler:
             if j + 1 < len(grid.cols):
                 self._left = tile[..., -extent:].clone()
         if self.output is None:
-            self.output = tile.new_empty(*tile.shape[:3], *grid.out_size)
+            self.output = torch.empty((*tile.shape[:3], *grid.out_size), dtype=tile.dtype, device=tile.device,
+                                      memory_format=torch.channels_last_3d if tile.dim() == 5 else torch.contiguous_format)
         (y, h), (x, w) = grid.out_rows[i], grid.out_cols[j]
         self.output[:, :, :, y : y + h, x : x + w] = tile[:, :, :, :h, :w]
