@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every test: the fast lane (model parity against the official outputs, units, node logic), the same lane on
 # torch's generic CPU kernels (ATEN_CPU_CAPABILITY=default: what ARM and older x86 machines run, so results that
-# depend on the instruction set fail here), then the integration lane (a real ComfyUI server and its frontend in
-# headless Chromium, offline, on CPU). Sets up what it needs on a fresh machine first (.venv, then ComfyUI into
-# .cache/comfyui and Debian's chromium).
+# depend on the instruction set fail here), then the integration lanes (real ComfyUI 0.3.75 and 0.33.0 servers and
+# their frontends in headless Chromium, offline, on CPU). Sets up what it needs on a fresh machine first (.venv,
+# then one ComfyUI + venv per version in .cache/comfyui/<version> and Debian's chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh

@@ -1,4 +1,5 @@
-"""Integration lane: a real ComfyUI 0.3.75 server (CPU) with the pack and tiny checkpoints.
+"""Integration lane: a real ComfyUI server (CPU; the version .ci/integration.sh set up) with the pack and tiny
+checkpoints.
 
 Every test here is marked ``integration``; the fast lane deselects them with ``-m "not integration"``.
 """

@@ -1,5 +1,10 @@
-"""Shared machinery of the integration lane: a real ComfyUI 0.3.75 (built by .ci/setup_comfyui.py), a test base
-directory with tiny checkpoints, a server process and a small HTTP client.
+"""Shared machinery of the integration lanes: a real ComfyUI (one per lane, built by .ci/setup_comfyui.py), a test
+base directory with tiny checkpoints, a server process and a small HTTP client.
+
+The lane is chosen by the environment that .ci/integration.sh sets from the setup's output: ``COMFYUI_VERSION``
+(the version the lane was set up for; the tests check the server reports it), ``COMFYUI_ROOT`` (default
+``.cache/comfyui/<COMFYUI_VERSION>/ComfyUI``) and ``COMFYUI_FRONTEND`` (the frontend package installed in the lane).
+Run the tests with that lane's interpreter (``COMFYUI_PYTHON``): the server and the in-process tests use it.
 
 Missing prerequisites skip locally and FAIL under CI=true.
 """
@@ -24,7 +29,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PACK_DIR_NAME = "pyramid-flow-video"
 TESTING_PACK_NAME = "pyramid_flow_testing"
-ARTIFACTS = os.environ.get("PYRAMID_FLOW_ARTIFACTS", os.path.join(REPO_ROOT, "artifacts"))
+COMFYUI_VERSION = os.environ.get("COMFYUI_VERSION", "")
+COMFYUI_FRONTEND = os.environ.get("COMFYUI_FRONTEND", "")
+ARTIFACTS = os.environ.get("PYRAMID_FLOW_ARTIFACTS",
+                           os.path.join(REPO_ROOT, "artifacts", *([COMFYUI_VERSION] if COMFYUI_VERSION else [])))
 
 # Tiny random text encoders with ComfyUI's vocabularies, so ComfyUI's own tokenizers and CLIP classes run on them.
 # Dimensions fit the tiny DiTs of pyramid_flow.tiny: T5 d_model 32 = joint_attention_dim; miniFLUX pooled = CLIP-L hidden 32;
@@ -47,10 +55,17 @@ def require(condition: bool, message: str) -> None:
     pytest.skip(message)
 
 
+def lane_version() -> str:
+    """The ComfyUI version this lane was set up for (COMFYUI_VERSION, exported by .ci/integration.sh)."""
+    require(bool(COMFYUI_VERSION), "COMFYUI_VERSION is not set: run .ci/integration.sh, or export the KEY=VALUE "
+                                   "lines that `.ci/setup_comfyui.py --version X` prints")
+    return COMFYUI_VERSION
+
+
 def comfyui_root() -> str:
-    root = os.environ.get("COMFYUI_ROOT", os.path.join(REPO_ROOT, ".cache", "comfyui", "ComfyUI"))
+    root = os.environ.get("COMFYUI_ROOT") or os.path.join(REPO_ROOT, ".cache", "comfyui", lane_version(), "ComfyUI")
     require(os.path.isfile(os.path.join(root, "main.py")),
-            f"no ComfyUI at {root}: run `.venv/bin/python .ci/setup_comfyui.py` (or set COMFYUI_ROOT)")
+            f"no ComfyUI at {root}: run `.venv/bin/python .ci/setup_comfyui.py --version X` (or set COMFYUI_ROOT)")
     return root
 
 

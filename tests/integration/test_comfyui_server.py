@@ -1,4 +1,4 @@
-"""The pack inside a real ComfyUI 0.3.75 server (CPU): import, /object_info, prompts to video files, errors,
+"""The pack inside a real ComfyUI server (CPU, the lane's version): import, /object_info, prompts to video files, errors,
 and the nodes' frames against pyramid_flow called directly."""
 
 import os
@@ -133,7 +133,7 @@ def test_bad_prompts_fail_clearly_and_server_keeps_serving(server, base_dir):
     status, body = server.queue(video_prompt(prefix="bad_model", dit="no_such_model.safetensors", seed=3))
     assert status == 400 and "no_such_model.safetensors" in str(body)
 
-    assert server.get("/system_stats")["system"]["comfyui_version"] == "0.3.75"
+    assert server.get("/system_stats")["system"]["comfyui_version"] == harness.lane_version()
     entry = server.run(video_prompt(prefix="after_errors", seed=4))
     assert entry["status"]["status_str"] == "success", harness.error_message(entry)
 

@@ -3,7 +3,11 @@
 Each file goes through the file input (the drag-and-drop / Open path), is converted with graphToPrompt, pointed
 at the tiny checkpoints (tiny sizes and steps; the core CLIP loaders swapped for the test pack's tiny-config
 twins, see testing_pack), and executed on the server to a written video file. A screenshot of every loaded
-workflow is kept in artifacts/workflows/.
+workflow is kept in artifacts/<version>/workflows/.
+
+Runs unchanged against every lane's frontend (ComfyUI 0.3.75's pinned 1.32.9, the newest 1.58.1 on 0.33.0): it uses
+only what both provide (``window.app``, ``#comfy-file-input``, ``app.graphToPrompt``, ``app.api``, the public
+``graph.nodes``), and the page fixture turns off the dialogs of both (setting names differ between them).
 """
 
 import glob
@@ -20,6 +24,13 @@ WORKFLOWS = sorted(glob.glob(os.path.join(harness.REPO_ROOT, "workflows", "*.jso
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 TINY_SWAP = {"DualCLIPLoader": "PyramidFlowTest_TinyDualCLIPLoader",
              "TripleCLIPLoader": "PyramidFlowTest_TinyTripleCLIPLoader"}
+# dialogs that could cover the canvas; unknown ids are stored and ignored, so both frontends' names are set
+SETTINGS = (("Comfy.TutorialCompleted", True),
+            ("Comfy.Workflow.ShowMissingModelsWarning", False),  # <= 1.32
+            ("Comfy.ErrorSystem.ShowMissingModels", False),  # 1.58
+            ("Comfy.Workflow.ShowMissingNodesWarning", False),
+            ("Comfy.Workflow.ShowMissingMediaWarning", False))  # 1.58
+NODE_COUNT = "(window.app.graph.nodes ?? window.app.graph._nodes).length"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
@@ -31,9 +42,9 @@ def page(server):
         from playwright.sync_api import sync_playwright
     except ImportError:
         harness.require(False, "playwright not installed (.ci/setup_comfyui.py --browser)")
-    for setting, value in (("Comfy.TutorialCompleted", True), ("Comfy.Workflow.ShowMissingModelsWarning", False),
-                           ("Comfy.Workflow.ShowMissingNodesWarning", False)):
-        server.request("POST", f"/settings/{setting}", value)
+    for setting, value in SETTINGS:
+        status, body = server.request("POST", f"/settings/{setting}", value)
+        assert status == 200, (setting, status, body)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         tab = browser.new_page(viewport={"width": 1680, "height": 1050})
@@ -48,7 +59,7 @@ def load_through_file_input(tab, path):
         expected = len(json.load(f)["nodes"])
     tab.evaluate("() => window.app.graph.clear()")
     tab.set_input_files("#comfy-file-input", path)
-    tab.wait_for_function(f"() => window.app.graph._nodes.length === {expected}", timeout=60000)
+    tab.wait_for_function(f"() => {NODE_COUNT} === {expected}", timeout=60000)
     tab.wait_for_timeout(500)
 
 
@@ -66,11 +77,31 @@ def tiny(prompt: dict) -> dict:
     return prompt
 
 
+def expected_templates():
+    return sorted(os.path.basename(path)[:-5] for path in WORKFLOWS)
+
+
 def test_workflows_are_served_as_templates(server):
-    templates = server.get("/workflow_templates")
-    names = {name for items in templates.values() for name in items}
+    """The template list (both routes; the frontends fetch /api/...) names every workflow under the pack, and
+    each template file the browser would open is the workflow file itself."""
+    assert WORKFLOWS
+    for route in ("/workflow_templates", "/api/workflow_templates"):
+        templates = server.get(route)
+        assert sorted(templates.get(harness.PACK_DIR_NAME, [])) == expected_templates(), (route, templates)
     for path in WORKFLOWS:
-        assert os.path.basename(path)[:-5] in names, templates
+        name = os.path.basename(path)[:-5]
+        served = server.get(f"/api/workflow_templates/{harness.PACK_DIR_NAME}/{name}.json")
+        with open(path, encoding="utf-8") as f:
+            assert served == json.load(f), name
+
+
+def test_frontend_is_the_lane_frontend_and_lists_the_templates(page):
+    """The page runs the frontend package the lane installed, and its own API client sees the pack's templates
+    (what Workflow -> Browse Templates shows)."""
+    harness.require(bool(harness.COMFYUI_FRONTEND), "COMFYUI_FRONTEND is not set (see .ci/integration.sh)")
+    assert page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == harness.COMFYUI_FRONTEND
+    templates = page.evaluate("async () => await window.app.api.getWorkflowTemplates()")
+    assert sorted(templates.get(harness.PACK_DIR_NAME, [])) == expected_templates(), templates
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p)[:-5] for p in WORKFLOWS])
