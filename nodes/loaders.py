@@ -1,24 +1,23 @@
-"""Loader nodes: DiT, causal video VAE and the official (transformers) text encoders, each in a ModelPatcher."""
-
-import os
+"""Loader nodes: the DiT, the causal video VAE and the official (transformers) text encoders, each in a
+ModelPatcher."""
 
 import torch
 
 import comfy.model_management as mm
 import comfy.ops
+from comfy_api.v0_0_2 import io
 
 from ..pyramid_flow.dit import load_dit
+from ..pyramid_flow.dtypes import COMPUTE_DTYPES, WEIGHT_DTYPES, compute_dtype
+from ..pyramid_flow.loading.detect import checkpoint_kind
 from ..pyramid_flow.loading.state_dict import CheckpointError
-from ..pyramid_flow.pipeline import checkpoint_kind
 from ..pyramid_flow.text import PyramidTextEncoder
 from ..pyramid_flow.vae import load_vae
 from . import models
+from .base import PyramidFlowNode
+from .types import ModelSocket, TextEncoderSocket, VAESocket
 
 CATEGORY = "PyramidFlow/loaders"
-MODEL_TYPE = "PYRAMID_FLOW_VIDEO_MODEL"
-VAE_TYPE = "PYRAMID_FLOW_VIDEO_VAE"
-TEXT_ENCODER_TYPE = "PYRAMID_FLOW_VIDEO_TEXT_ENCODER"
-
 DOWNLOAD_TOOLTIP = (
     "Off (default): only local files are used. On: when the selected rain1011/pyramid-flow-* entry is missing, "
     "download just that folder from Hugging Face into models/pyramidflow/ (progress shown on the node)."
@@ -29,40 +28,42 @@ def _not_a(what: str, name: str, err: Exception, hint: str) -> ValueError:
     return ValueError(f"'{name}' is not a usable Pyramid Flow {what}: {err} {hint}")
 
 
-class PyramidFlowVideoModelLoader:
-    """Loads a Pyramid Flow DiT (SD3 MMDiT or miniFLUX; variant detected from the weights)."""
+def _download_input() -> io.Boolean.Input:
+    return io.Boolean.Input("download_if_missing", default=False, tooltip=DOWNLOAD_TOOLTIP)
+
+
+class PyramidFlowVideoModelLoader(PyramidFlowNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowVideoModelLoader",
+            display_name="Pyramid Flow Model Loader",
+            category=CATEGORY,
+            description="Load a Pyramid Flow diffusion transformer for the Pyramid Flow Sampler.",
+            inputs=[
+                io.Combo.Input("model", options=models.dit_choices(), tooltip=(
+                    "A diffusion_transformer_384p/768p/image folder under models/pyramidflow/<repo>/ (official "
+                    "Hugging Face layout) or a single-file DiT in models/diffusion_models/. SD3 or miniFLUX is "
+                    "detected from the weights.")),
+                io.Combo.Input("weight_dtype", options=["bf16", "fp32", *[n for n in WEIGHT_DTYPES if n.startswith("fp8")]],
+                               default="bf16", tooltip=(
+                    "Storage dtype of the weights. bf16 is what the model was trained in; fp32 is for GPUs without "
+                    "bf16 (2x memory); fp8 halves memory (computed in bf16) at a visible quality cost. fp16 is not "
+                    "offered: it produces black or NaN videos.")),
+                _download_input(),
+            ],
+            outputs=[ModelSocket.Output(display_name="model", tooltip=(
+                "The Pyramid Flow DiT, managed by ComfyUI (offloaded and partially loaded as VRAM requires)."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (models.dit_choices(), {
-                    "tooltip": "A diffusion_transformer_384p/768p folder under models/pyramidflow/<repo>/ (official "
-                               "Hugging Face layout) or a single-file DiT in models/diffusion_models/. SD3 or "
-                               "miniFLUX is detected from the weights."}),
-                "weight_dtype": (["bf16", "fp32", "fp8_e4m3fn", "fp8_e5m2"], {
-                    "default": "bf16",
-                    "tooltip": "Storage dtype of the weights. bf16 is what the model was trained in; fp32 is for GPUs "
-                               "without bf16 (2x memory); fp8 halves memory (computed in bf16) at a visible quality "
-                               "cost. fp16 is not offered: it produces black or NaN videos."}),
-                "download_if_missing": ("BOOLEAN", {"default": False, "tooltip": DOWNLOAD_TOOLTIP}),
-            }
-        }
-
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The Pyramid Flow DiT, managed by ComfyUI (offloaded and partially loaded as VRAM requires).",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Load a Pyramid Flow diffusion transformer for the Pyramid Flow Sampler."
-
-    def load(self, model, weight_dtype, download_if_missing=False):
+    def process(cls, model: str, weight_dtype: str, download_if_missing: bool = False) -> io.NodeOutput:
         path = models.resolve(model, "diffusion_models", download_if_missing, "DiT", "dit")
-        weight = models.DTYPES.get(weight_dtype) or models.FP8_DTYPES.get(weight_dtype)
-        if weight is None:
+        if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype '{weight_dtype}' is not supported by this PyTorch build.")
+        weight = WEIGHT_DTYPES[weight_dtype]
         load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
-        compute = torch.float32 if weight == torch.float32 else torch.bfloat16
+        compute = compute_dtype(weight)
         if compute == torch.bfloat16 and not mm.should_use_bf16(load_device) and not mm.is_device_cpu(load_device):
             compute = torch.float32
         try:
@@ -71,82 +72,83 @@ class PyramidFlowVideoModelLoader:
             raise _not_a("DiT", model, err, "Pick a diffusion_transformer_* folder or a Pyramid Flow DiT "
                          ".safetensors file (not a VAE, text encoder or another model's checkpoint).") from err
         wrapper = models.PyramidFlowDiTModel(dit, info, checkpoint_kind(path), weight, compute)
-        return (models.make_patcher(wrapper, load_device, offload),)
+        return io.NodeOutput(models.make_patcher(wrapper, load_device, offload))
 
 
-class PyramidFlowVideoVAELoader:
-    """Loads the causal video VAE (shared by both variants)."""
+class PyramidFlowVideoVAELoader(PyramidFlowNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowVideoVAELoader",
+            display_name="Pyramid Flow VAE Loader",
+            category=CATEGORY,
+            description="Load the Pyramid Flow causal video VAE (8x spatial, 8x temporal compression).",
+            inputs=[
+                io.Combo.Input("vae", options=models.vae_choices(), tooltip=(
+                    "The causal_video_vae folder under models/pyramidflow/<repo>/, or a single-file Pyramid Flow VAE "
+                    "in models/vae/.")),
+                io.Combo.Input("dtype", options=["auto", *COMPUTE_DTYPES], default="auto", tooltip=(
+                    "auto: bf16 where the device supports it, else fp32 (ComfyUI's VAE rule).")),
+                _download_input(),
+            ],
+            outputs=[VAESocket.Output(display_name="vae", tooltip="The Pyramid Flow causal video VAE, managed by ComfyUI.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "vae": (models.vae_choices(), {
-                    "tooltip": "The causal_video_vae folder under models/pyramidflow/<repo>/, or a single-file "
-                               "Pyramid Flow VAE in models/vae/."}),
-                "dtype": (["auto", "bf16", "fp32"], {
-                    "default": "auto",
-                    "tooltip": "auto: bf16 where the device supports it, else fp32 (ComfyUI's VAE rule)."}),
-                "download_if_missing": ("BOOLEAN", {"default": False, "tooltip": DOWNLOAD_TOOLTIP}),
-            }
-        }
-
-    RETURN_TYPES = (VAE_TYPE,)
-    RETURN_NAMES = ("vae",)
-    OUTPUT_TOOLTIPS = ("The Pyramid Flow causal video VAE, managed by ComfyUI.",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Load the Pyramid Flow causal video VAE (8x spatial, 8x temporal compression)."
-
-    def load(self, vae, dtype, download_if_missing=False):
+    def process(cls, vae: str, dtype: str, download_if_missing: bool = False) -> io.NodeOutput:
         path = models.resolve(vae, "vae", download_if_missing, "VAE", "vae")
         load_device, offload = mm.vae_device(), mm.vae_offload_device()
         if dtype == "auto":
             torch_dtype = mm.vae_dtype(load_device, [torch.bfloat16, torch.float32])
         else:
-            torch_dtype = models.DTYPES[dtype]
+            torch_dtype = COMPUTE_DTYPES[dtype]
         try:
             module = load_vae(path, dtype=torch_dtype, device=offload, operations=comfy.ops.disable_weight_init)
         except (CheckpointError, KeyError) as err:
             raise _not_a("VAE", vae, err, "Pick the causal_video_vae folder or pyramid_flow_vae*.safetensors.") from err
-        return (models.make_patcher(models.PyramidFlowVAEModel(module, torch_dtype), load_device, offload),)
+        return io.NodeOutput(models.make_patcher(models.PyramidFlowVAEModel(module, torch_dtype), load_device, offload))
 
 
-class PyramidFlowVideoTextEncoderLoader:
-    """Loads the official text_encoder*/tokenizer* folders with transformers (alternative to core CLIP loaders)."""
+class PyramidFlowVideoTextEncoderLoader(PyramidFlowNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowVideoTextEncoderLoader",
+            display_name="Pyramid Flow Text Encoder Loader",
+            category=CATEGORY,
+            description="Load the official Pyramid Flow text encoders (transformers) from a Hugging Face folder.",
+            inputs=[
+                io.Combo.Input("model_folder", options=models.text_encoder_choices(), tooltip=(
+                    "A folder under models/pyramidflow/ holding text_encoder*/ and tokenizer*/ as in the Hugging Face "
+                    "repo (SD3: CLIP-L, CLIP-G, T5-XXL; miniFLUX: CLIP-L, T5-XXL). To reuse clip_l/clip_g/t5xxl files "
+                    "you already have, use DualCLIPLoader (type flux) or TripleCLIPLoader instead and connect its "
+                    "CLIP to the text encode node.")),
+                io.Combo.Input("dtype", options=list(COMPUTE_DTYPES), default="bf16",
+                               tooltip="Weight dtype of the text encoders (T5-XXL is ~9.5 GB in bf16)."),
+                _download_input(),
+            ],
+            outputs=[TextEncoderSocket.Output(display_name="text_encoder",
+                                              tooltip="The official Pyramid Flow text encoders, managed by ComfyUI.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model_folder": (models.text_encoder_choices(), {
-                    "tooltip": "A folder under models/pyramidflow/ holding text_encoder*/ and tokenizer*/ as in the "
-                               "Hugging Face repo (SD3: CLIP-L, CLIP-G, T5-XXL; miniFLUX: CLIP-L, T5-XXL). To reuse "
-                               "clip_l/clip_g/t5xxl files you already have, use DualCLIPLoader (type flux) or "
-                               "TripleCLIPLoader instead and connect its CLIP to the text encode node."}),
-                "dtype": (["bf16", "fp32"], {
-                    "default": "bf16", "tooltip": "Weight dtype of the text encoders (T5-XXL is ~9.5 GB in bf16)."}),
-                "download_if_missing": ("BOOLEAN", {"default": False, "tooltip": DOWNLOAD_TOOLTIP}),
-            }
-        }
-
-    RETURN_TYPES = (TEXT_ENCODER_TYPE,)
-    RETURN_NAMES = ("text_encoder",)
-    OUTPUT_TOOLTIPS = ("The official Pyramid Flow text encoders, managed by ComfyUI.",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Load the official Pyramid Flow text encoders (transformers) from a Hugging Face folder."
-
-    def load(self, model_folder, dtype, download_if_missing=False):
+    def process(cls, model_folder: str, dtype: str, download_if_missing: bool = False) -> io.NodeOutput:
         root = models.resolve(model_folder, None, download_if_missing, "text encoder folder", "text",
                               require_weights=False)
-        variant = "sd3" if os.path.isdir(os.path.join(root, "text_encoder_3")) else "miniflux"
-        torch_dtype = models.DTYPES[dtype]
+        variant = models.text_variant_of_folder(root)
+        if variant is None:
+            raise ValueError(f"'{model_folder}' has no complete set of text_encoder*/ and tokenizer*/ folders of a "
+                             "rain1011/pyramid-flow-* repository. Download them, or use DualCLIPLoader / "
+                             "TripleCLIPLoader with the clip_l / clip_g / t5xxl files instead.")
+        torch_dtype = COMPUTE_DTYPES[dtype]
         load_device, offload = mm.text_encoder_device(), mm.text_encoder_offload_device()
         try:
-            encoder = PyramidTextEncoder.from_pretrained(root, variant, dtype=torch_dtype, device=offload)
+            encoder = PyramidTextEncoder.from_pretrained(root, variant.name, dtype=torch_dtype, device=offload)
         except (CheckpointError, KeyError, OSError) as err:
             raise _not_a("text encoder folder", model_folder, err,
                          "It needs the text_encoder*/ and tokenizer*/ folders of rain1011/pyramid-flow-*.") from err
-        wrapper = models.PyramidFlowTextModel(encoder, torch_dtype, variant)
-        return (models.make_patcher(wrapper, load_device, offload),)
+        wrapper = models.PyramidFlowTextModel(encoder, torch_dtype, variant.name)
+        return io.NodeOutput(models.make_patcher(wrapper, load_device, offload))
+
+
+NODES = [PyramidFlowVideoModelLoader, PyramidFlowVideoVAELoader, PyramidFlowVideoTextEncoderLoader]

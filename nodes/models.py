@@ -17,16 +17,12 @@ import comfy.utils
 import folder_paths
 
 from ..pyramid_flow.loading import hub
-from ..pyramid_flow.loading.state_dict import WEIGHT_FILE_NAMES
-from .common import HF_REPOS, VAE_FOLDER, VIDEO_DIT_FOLDERS
+from ..pyramid_flow.loading.state_dict import WEIGHT_EXTENSIONS, WEIGHT_FILE_NAMES
+from ..pyramid_flow.variants import VARIANTS, Variant
 
 log = logging.getLogger("pyramid_flow")
 
 PYRAMIDFLOW_FOLDER = "pyramidflow"  # models/pyramidflow/<repo>/<component>/ (official Hugging Face layout)
-TEXT_FOLDERS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-FP8_DTYPES = {"fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None), "fp8_e5m2": getattr(torch, "float8_e5m2", None)}
 
 
 def register_folders() -> None:
@@ -60,10 +56,12 @@ def _repo_entries(component_filter) -> List[str]:
 
 
 def _files(folder: str) -> List[str]:
+    """Files of a ComfyUI model folder in the formats that load (no .pkl or other pickles of objects)."""
     try:
-        return [name.replace(os.sep, "/") for name in folder_paths.get_filename_list(folder)]
+        names = folder_paths.get_filename_list(folder)
     except KeyError:
         return []
+    return [name.replace(os.sep, "/") for name in names if name.lower().endswith(WEIGHT_EXTENSIONS)]
 
 
 def _with_downloadable(entries: List[str], downloadable: List[str]) -> List[str]:
@@ -72,22 +70,31 @@ def _with_downloadable(entries: List[str], downloadable: List[str]) -> List[str]
 
 def dit_choices() -> List[str]:
     folders = _repo_entries(lambda name: name.startswith("diffusion_transformer"))
-    known = [f"{repo}/{sub}" for repo in HF_REPOS for sub in VIDEO_DIT_FOLDERS]
+    known = [f"{v.repo_folder}/{sub}" for v in VARIANTS.values() for sub in v.dit_folders]
     return _with_downloadable(folders, known) + _files("diffusion_models")
 
 
 def vae_choices() -> List[str]:
-    folders = _repo_entries(lambda name: name == VAE_FOLDER)
-    return _with_downloadable(folders, [f"{repo}/{VAE_FOLDER}" for repo in HF_REPOS]) + _files("vae")
+    folders = _repo_entries(lambda name: name == hub.VAE_FOLDER)
+    return _with_downloadable(folders, [f"{v.repo_folder}/{hub.VAE_FOLDER}" for v in VARIANTS.values()]) + _files("vae")
+
+
+def text_variant_of_folder(root: str) -> Optional[Variant]:
+    """The variant whose text encoder and tokenizer folders are all in ``root`` (the one needing most, if several)."""
+    complete = [v for v in VARIANTS.values()
+                if all(os.path.isdir(os.path.join(root, sub)) for sub in v.text_encoder_folders + v.tokenizer_folders)]
+    return max(complete, key=lambda v: len(v.text_encoder_folders), default=None)
 
 
 def text_encoder_choices() -> List[str]:
-    found = set()
-    for root in pyramidflow_roots():
-        for repo in sorted(os.listdir(root)):
-            if all(os.path.isdir(os.path.join(root, repo, sub)) for sub in TEXT_FOLDERS):
-                found.add(repo)
-    return _with_downloadable(sorted(found), list(HF_REPOS))
+    found = {repo for root in pyramidflow_roots() for repo in sorted(os.listdir(root))
+             if text_variant_of_folder(os.path.join(root, repo)) is not None}
+    return _with_downloadable(sorted(found), [v.repo_folder for v in VARIANTS.values()])
+
+
+def _known_variant(name: str) -> Optional[Variant]:
+    repo = name.split("/")[0]
+    return next((v for v in VARIANTS.values() if v.repo_folder == repo), None)
 
 
 def _find_repo_path(name: str) -> Optional[str]:
@@ -109,12 +116,12 @@ def resolve(name: str, file_folder: Optional[str], download: bool, what: str, co
         full = folder_paths.get_full_path(file_folder, name)
         if full is not None:
             return full
-    repo = name.split("/")[0]
-    if repo in HF_REPOS and download:
-        return download_component(name, component)
+    variant = _known_variant(name)
+    if variant is not None and download:
+        return download_component(name, variant, component)
     where = f"models/{PYRAMIDFLOW_FOLDER}/{name}/" + (f" or models/{file_folder}/{name}" if file_folder else "")
-    hint = (f" Turn on 'download_if_missing' to fetch it from https://huggingface.co/{HF_REPOS[repo]}, or download"
-            " that folder yourself." if repo in HF_REPOS else "")
+    hint = (f" Turn on 'download_if_missing' to fetch it from https://huggingface.co/{variant.repo_id}, or download"
+            " that folder yourself." if variant is not None else "")
     raise FileNotFoundError(f"Pyramid Flow {what} '{name}' not found: expected {where}.{hint}")
 
 
@@ -135,24 +142,22 @@ def _node_progress_tqdm():
     return NodeProgress
 
 
-def download_component(name: str, component: str) -> str:
+def download_component(name: str, variant: Variant, component: str) -> str:
     """Download '<repo>[/<folder>]' of a known repo into models/pyramidflow/<repo>/; returns the local path."""
-    repo, _, folder = name.partition("/")
-    target = os.path.join(folder_paths.get_folder_paths(PYRAMIDFLOW_FOLDER)[0], repo)
-    log.info("Pyramid Flow: downloading %s of %s into %s", folder or "the text encoders", HF_REPOS[repo], target)
+    _, _, folder = name.partition("/")
+    target = os.path.join(folder_paths.get_folder_paths(PYRAMIDFLOW_FOLDER)[0], variant.repo_folder)
+    log.info("Pyramid Flow: downloading %s of %s into %s", folder or "the text encoders", variant.repo_id, target)
     dit_folder = folder if component == "dit" else hub.DEFAULT_DIT_FOLDER
-    hub.download_model(HF_REPOS[repo], target, dit_folder=dit_folder, components=(component,),
+    hub.download_model(variant.repo_id, target, dit_folder=dit_folder, components=(component,),
                        tqdm_class=_node_progress_tqdm())
     return os.path.join(target, folder) if folder else target
 
 
-def patcher_class():
-    """CoreModelPatcher where it exists (rebound to the DynamicVRAM patcher on 2026 ComfyUI), else ModelPatcher."""
-    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-
-
 def make_patcher(module: torch.nn.Module, load_device, offload_device):
-    return patcher_class()(module, load_device=load_device, offload_device=offload_device)
+    """A ModelPatcher of ``module``: CoreModelPatcher where it exists (rebound to the dynamic-VRAM patcher on
+    ComfyUI 0.3x+ at start-up, so looked up at call time), else ModelPatcher."""
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return patcher_class(module, load_device=load_device, offload_device=offload_device)
 
 
 def dit_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype):

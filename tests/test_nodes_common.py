@@ -16,13 +16,26 @@ def test_duration_is_described_with_its_frame_count(seconds, temp, frames):
 
 @pytest.mark.parametrize("width,height", [(640, 384), (1280, 768), (64, 64), (1024, 1024)])
 def test_valid_sizes(width, height):
-    assert common.check_size(width, height) is None
+    common.check_size(width, height)
 
 
 @pytest.mark.parametrize("width,height,name", [(100, 384, "width 100"), (640, 400, "height 400"), (32, 384, "width 32")])
 def test_invalid_sizes_name_the_fix(width, height, name):
-    message = common.check_size(width, height)
-    assert message is not None and name in message and "multiple of 64" in message
+    with pytest.raises(ValueError, match=f"{name} is not a multiple of 64"):
+        common.check_size(width, height)
+
+
+def test_a_size_from_another_input_names_that_input():
+    """A 72-px image latent into the sampler: the message says the size comes from image_latent, not the widgets."""
+    with pytest.raises(ValueError, match="72x72 comes from 'image_latent'.*width 72 is not a multiple of 64.*Image To Video"):
+        common.check_size(72, 72, source="'image_latent'")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_are_refused_by_name(value):
+    with pytest.raises(ValueError, match=f"'video_guidance_scale' is {value}: it must be a finite number"):
+        common.check_finite({"seed": 3, "guidance_scale": 7.0, "video_guidance_scale": value})
+    common.check_finite({"guidance_scale": 0.0, "name": "nan"})  # finite numbers and other types pass
 
 
 def test_t5_window_short_prompt_keeps_eos_and_drops_padding():
@@ -68,13 +81,13 @@ def test_encodable_frames(frames, expected):
 @pytest.mark.parametrize("bad,needle", [
     (torch.rand(8, 8, 3), "IMAGE"),
     (torch.rand(0, 8, 8, 3), "empty"),
-    (torch.rand(1, 4, 64, 3), "at least 8x8"),
+    (torch.rand(1, 1, 1, 3), "'images' is 1x1 pixels; it needs at least 8x8"),
     (torch.full((1, 8, 8, 3), float("nan")), "NaN"),
     ("not an image", "IMAGE"),
 ])
 def test_check_image_errors(bad, needle):
     with pytest.raises(ValueError, match=needle):
-        common.check_image(bad)
+        common.check_image(bad, "images")
 
 
 @pytest.mark.parametrize("mode", ["crop", "pad"])
@@ -91,16 +104,16 @@ def test_resize_keeps_aspect(mode):
         assert out[0, :, 10].min() > 0.9 and out[0, :, -10].max() < 0.1
 
 
+@pytest.mark.parametrize("height,width", [(10, 7000), (7000, 10)])
+def test_pad_fits_extreme_aspect_ratios(height, width):
+    """A 7000x10 image padded into 640x384 used to round its short side to 0 px."""
+    out = common.first_frame_input(torch.rand(1, height, width, 3), 640, 384, "pad")
+    assert out.shape == (1, 3, 1, 384, 640) and torch.isfinite(out).all()
+
+
 def test_resize_grayscale_and_rgba():
     assert common.first_frame_input(torch.rand(1, 64, 64, 1), 64, 64, "crop").shape == (1, 3, 1, 64, 64)
     assert common.first_frame_input(torch.rand(1, 64, 64, 4), 128, 64, "pad").shape == (1, 3, 1, 64, 128)
-
-
-def test_token_bound_grows_with_history():
-    small = common.max_tokens(640, 384, 1)
-    big = common.max_tokens(640, 384, 16)
-    assert small == 40 * 24 + 128 and big > small
-    assert common.memory_estimate_dit(1536, 2, big, 2) > 0
 
 
 def test_oom_retry_settings_shrink_to_a_floor():

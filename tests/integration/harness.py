@@ -72,7 +72,7 @@ def comfyui_root() -> str:
 TINY_CHECKPOINTS = os.path.join(REPO_ROOT, ".cache", "tiny_checkpoints")
 
 
-def tiny_checkpoint(variant: str) -> str:
+def tiny_checkpoint(variant: str, dit_folder: str = "diffusion_transformer_384p") -> str:
     """The built-in tiny random-weight checkpoint of ``variant`` in the official layout (built once, seeded).
 
     The lane makes its own models rather than borrowing a golden set, so a golden set of other sizes or folder
@@ -82,7 +82,7 @@ def tiny_checkpoint(variant: str) -> str:
         sys.path.insert(0, REPO_ROOT)
     from pyramid_flow.testing.tiny import build_tiny_checkpoint
 
-    return build_tiny_checkpoint(os.path.join(TINY_CHECKPOINTS, variant), variant)
+    return build_tiny_checkpoint(os.path.join(TINY_CHECKPOINTS, variant), variant, dit_folder=dit_folder)
 
 
 def import_comfy():
@@ -123,16 +123,50 @@ def write_tiny_text_encoders(folder: str) -> None:
                 json.dump({"model_name": model_name, "config": config}, f)
 
 
-def _link_repo(variant: str, target: str) -> None:
+def _link_repo(variant: str, target: str, stand_ins=("diffusion_transformer_768p",)) -> None:
+    """The tiny checkpoint's folders linked into models/pyramidflow/<repo>/; the tiny 384p DiT also stands in for
+    the DiT folders in ``stand_ins``."""
     source = tiny_checkpoint(variant)
     os.makedirs(target, exist_ok=True)
-    for name in os.listdir(source):
+    for name in [*os.listdir(source), *stand_ins]:
         link = os.path.join(target, name)
         if not os.path.lexists(link):
-            os.symlink(os.path.join(source, name), link)
-    link_768 = os.path.join(target, "diffusion_transformer_768p")  # the tiny 384p DiT stands in for 768p
-    if not os.path.lexists(link_768):
-        os.symlink(os.path.join(source, "diffusion_transformer_384p"), link_768)
+            os.symlink(os.path.join(source, name if os.path.exists(os.path.join(source, name)) else
+                                    "diffusion_transformer_384p"), link)
+
+
+class Payload:
+    """A pickled object that would run code when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def write_hostile_models(models: str) -> None:
+    """Broken and wrong files the bad-input tests pick through the real server: a VAE in the DiT folder, a
+    .pkl (must not be listed), text encoders with pickled .bin weights, a DiT folder with a garbage config.json."""
+    wrong = os.path.join(models, "diffusion_models", "not_a_pyramid_dit.safetensors")
+    os.makedirs(os.path.dirname(wrong), exist_ok=True)
+    if not os.path.isfile(wrong):
+        shutil.copy(os.path.join(tiny_checkpoint("miniflux"), "causal_video_vae", "diffusion_pytorch_model.safetensors"), wrong)
+    pickle_file = os.path.join(models, "diffusion_models", "pickled_object.pkl")
+    if not os.path.isfile(pickle_file):
+        torch.save({"weight": torch.zeros(1)}, pickle_file)
+    source = tiny_checkpoint("miniflux")
+    pickled = os.path.join(models, "pyramidflow", "pickled-text-encoders")
+    if not os.path.isdir(pickled):
+        for folder in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+            shutil.copytree(os.path.join(source, folder), os.path.join(pickled, folder))
+        os.remove(os.path.join(pickled, "text_encoder", "model.safetensors"))
+        torch.save({"text_model.embeddings.token_embedding.weight": Payload()},
+                   os.path.join(pickled, "text_encoder", "pytorch_model.bin"))
+    garbage = os.path.join(models, "pyramidflow", "broken-config", "diffusion_transformer_384p")
+    if not os.path.isdir(garbage):
+        os.makedirs(garbage)
+        os.symlink(os.path.join(source, "diffusion_transformer_384p", "diffusion_pytorch_model.safetensors"),
+                   os.path.join(garbage, "diffusion_pytorch_model.safetensors"))
+        with open(os.path.join(garbage, "config.json"), "w", encoding="utf-8") as f:
+            f.write("{ not json")
 
 
 def write_example_image(path: str) -> None:
@@ -145,6 +179,17 @@ def write_example_image(path: str) -> None:
     Image.fromarray(pixels.numpy()).save(path)
 
 
+def write_example_video(path: str, frames: int = 19) -> None:
+    """A short moving gradient (19 frames: the extension node trims it to 17 = 1 + 8k) at 200x136, not a multiple
+    of 64, so the crop path is exercised."""
+    from pyramid_flow.video_io import write_mp4
+
+    x = torch.linspace(0, 255, 200)[None].expand(136, -1)
+    video = torch.stack([torch.stack([(x + 9 * t) % 256, x.flip(1), torch.full_like(x, 40.0)], -1)
+                         for t in range(frames)]).to(torch.uint8)
+    write_mp4(video, path)
+
+
 def build_base_dir(base: str) -> str:
     """A ComfyUI --base-directory: the pack and the testing pack linked into custom_nodes, tiny models."""
     for sub in ("custom_nodes", "models", "input", "output", "user", "temp"):
@@ -154,16 +199,18 @@ def build_base_dir(base: str) -> str:
         if not os.path.lexists(link):
             os.symlink(source, link)
     models = os.path.join(base, "models")
+    tiny_checkpoint("miniflux", "diffusion_transformer_image")  # the text-to-image DiT, in the same tiny folder
     _link_repo("miniflux", os.path.join(models, "pyramidflow", "pyramid-flow-miniflux"))
-    _link_repo("sd3", os.path.join(models, "pyramidflow", "pyramid-flow-sd3"))
+    # SD3's 768p stays missing: the lane asks for it with download_if_missing and no network
+    _link_repo("sd3", os.path.join(models, "pyramidflow", "pyramid-flow-sd3"), stand_ins=())
     write_tiny_text_encoders(os.path.join(models, "text_encoders"))
-    wrong = os.path.join(models, "diffusion_models", "not_a_pyramid_dit.safetensors")
-    os.makedirs(os.path.dirname(wrong), exist_ok=True)
-    if not os.path.isfile(wrong):
-        shutil.copy(os.path.join(tiny_checkpoint("miniflux"), "causal_video_vae", "diffusion_pytorch_model.safetensors"), wrong)
+    write_hostile_models(models)
     image = os.path.join(base, "input", "pyramid_flow_example.png")
     if not os.path.isfile(image):
         write_example_image(image)
+    video = os.path.join(base, "input", "pyramid_flow_example.mp4")
+    if not os.path.isfile(video):
+        write_example_video(video)
     return base
 
 
@@ -187,7 +234,9 @@ class ComfyServer:
                "--base-directory", base, "--disable-auto-launch", "--preview-method", "latent2rgb",
                "--database-url", "sqlite:///:memory:", *extra_args]
         self.log = open(self.log_path, "w", encoding="utf-8")
-        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT)
+        # HF_HUB_OFFLINE: the lane never reaches the Hub; download_if_missing then meets a clear offline error
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 180) -> None:

@@ -8,12 +8,13 @@ PROMPT = "a red fox running through snow"
 NEGATIVE = "blurry"
 
 
-def text_nodes(variant: str, text_source: str):
-    """Nodes '1' (encoders) and '2' (text encode). text_source: 'clip' (tiny core CLIP) or 'transformers'."""
+def text_nodes(variant: str, text_source: str, text_folder: str = None):
+    """Nodes '1' (encoders) and '2' (text encode). text_source: 'clip' (tiny core CLIP) or 'transformers' (from
+    ``text_folder`` under models/pyramidflow/, default the variant's repository)."""
     repo = f"pyramid-flow-{variant}"
     if text_source == "transformers":
         loader = {"class_type": "PyramidFlowVideoTextEncoderLoader",
-                  "inputs": {"model_folder": repo, "dtype": "fp32", "download_if_missing": False}}
+                  "inputs": {"model_folder": text_folder or repo, "dtype": "fp32", "download_if_missing": False}}
         link = "text_encoder"
     elif variant == "miniflux":
         loader = {"class_type": "PyramidFlowTest_TinyDualCLIPLoader",
@@ -30,11 +31,11 @@ def text_nodes(variant: str, text_source: str):
 
 
 def video_prompt(variant="miniflux", text_source="clip", prefix="pf_t2v", i2v=False, save_tensors=None,
-                 weight_dtype="fp32", dit=None, **overrides):
+                 weight_dtype="fp32", dit=None, text_folder=None, **overrides):
     repo = f"pyramid-flow-{variant}"
     sampler_inputs = dict(TINY, model=["3", 0], positive=["2", 0], negative=["2", 1])
     sampler_inputs.update(overrides)
-    prompt = text_nodes(variant, text_source)
+    prompt = text_nodes(variant, text_source, text_folder)
     prompt.update({
         "3": {"class_type": "PyramidFlowVideoModelLoader",
               "inputs": {"model": dit or f"{repo}/diffusion_transformer_384p", "weight_dtype": weight_dtype,

@@ -21,14 +21,25 @@ NODES = {
                                           ["PYRAMID_FLOW_VIDEO_TEXT_ENCODER"]),
     "PyramidFlowVideoTextEncode": (["prompt", "negative_prompt", "add_quality_suffix", "clip", "text_encoder"],
                                    ["CONDITIONING", "CONDITIONING"]),
+    "PyramidFlowVideoPromptSchedule": (["schedule", "negative_prompt", "add_quality_suffix", "clip", "text_encoder"],
+                                       ["CONDITIONING", "CONDITIONING"]),
     "PyramidFlowVideoImageToVideo": (["vae", "image", "width", "height", "resize_mode"], ["LATENT"]),
     "PyramidFlowVideoSampler": (["model", "positive", "negative", "width", "height", "duration_seconds",
                                  "first_frame_steps_1", "first_frame_steps_2", "first_frame_steps_3",
                                  "video_steps_1", "video_steps_2", "video_steps_3", "guidance_scale",
-                                 "video_guidance_scale", "seed", "image_latent"], ["LATENT", "INT"]),
+                                 "video_guidance_scale", "seed", "image_latent", "noise", "history_window"],
+                                ["LATENT", "INT"]),
+    "PyramidFlowVideoExtend": (["model", "positive", "negative", "duration_seconds", "video_steps_1", "video_steps_2",
+                                "video_steps_3", "guidance_scale", "video_guidance_scale", "seed", "video", "images",
+                                "vae", "noise", "history_window"], ["LATENT", "LATENT", "INT"]),
     "PyramidFlowVideoVAEDecode": (["vae", "samples", "tile_size", "tile_overlap", "temporal_window"], ["IMAGE"]),
     "PyramidFlowVideoVAEEncode": (["vae", "images", "tile_size", "tile_overlap", "temporal_window"], ["LATENT"]),
 }
+
+
+def combo_options(spec) -> list:
+    """The options of a combo input in /object_info (V1 lists them first, V3 as 'COMBO' with an options field)."""
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
 
 
 def video_frames(path):
@@ -66,9 +77,13 @@ def test_object_info_lists_every_node(server):
     assert sampler["width"][1]["step"] == 64 and sampler["height"][1]["step"] == 64
     assert sampler["seed"][1]["control_after_generate"] is True
     assert "121 frames" in sampler["duration_seconds"][1]["tooltip"]
-    models = info["PyramidFlowVideoModelLoader"]["input"]["required"]["model"][0]
+    models = combo_options(info["PyramidFlowVideoModelLoader"]["input"]["required"]["model"])
     assert "pyramid-flow-miniflux/diffusion_transformer_384p" in models
+    assert "pyramid-flow-miniflux/diffusion_transformer_image" in models
     assert "pyramid-flow-sd3/diffusion_transformer_384p" in models
+    assert "not_a_pyramid_dit.safetensors" in models and "pickled_object.pkl" not in models  # only formats that load
+    optional = info["PyramidFlowVideoSampler"]["input"]["optional"]
+    assert combo_options(optional["noise"]) == ["default", "official"] and optional["history_window"][1]["default"] == 0
 
 
 @pytest.mark.parametrize("variant", ["miniflux", "sd3"])
@@ -92,8 +107,9 @@ def test_i2v_writes_video(server, base_dir):
 @pytest.mark.parametrize("variant", ["miniflux", "sd3"])
 def test_nodes_equal_pyramid_flow_direct(server, base_dir, variant):
     """Same seed, same encoders (transformers loader), fp32 CPU: the nodes add no drift."""
-    from pyramid_flow.pipeline import PyramidFlowPipeline
     from pyramid_flow import latents as latent_utils
+    from pyramid_flow.pipeline import PyramidFlowPipeline
+    from pyramid_flow.vae import SAVE_MEMORY_DECODE
 
     name = f"direct_{variant}"
     entry = server.run(video_prompt(variant, "transformers", prefix=name, save_tensors=name))
@@ -115,27 +131,87 @@ def test_nodes_equal_pyramid_flow_direct(server, base_dir, variant):
     images = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).flatten(0, 1)
     assert_within_ulps(saved["images"], images, name="images")
     # and the official uint8 frames agree with the node images to within one level
-    direct_uint8 = pipe.decode(latents, 1, 256).float()
+    direct_uint8 = pipe.decode(latents, SAVE_MEMORY_DECODE).float()
     assert (saved["images"] * 255 - direct_uint8).abs().max() <= 1.0
 
 
-def test_bad_prompts_fail_clearly_and_server_keeps_serving(server, base_dir):
-    entry = server.run(video_prompt(prefix="bad_width", width=100, seed=1))
-    assert entry["status"]["status_str"] == "error"
-    message = harness.error_message(entry)
-    assert "width 100 is not a multiple of 64" in message and "Use 64 or 128" in message, message
+def _image_latent(prompt: dict, size: int, batch: bool = False) -> dict:
+    """Example image -> ImageScale(size) -> Pyramid Flow VAE Encode (-> LatentBatch with itself) as the sampler's
+    image_latent."""
+    prompt["20"] = {"class_type": "LoadImage", "inputs": {"image": "pyramid_flow_example.png"}}
+    prompt["21"] = {"class_type": "ImageScale", "inputs": {"image": ["20", 0], "upscale_method": "bilinear",
+                                                            "width": size, "height": size, "crop": "center"}}
+    prompt["22"] = {"class_type": "PyramidFlowVideoVAEEncode",
+                    "inputs": {"vae": ["4", 0], "images": ["21", 0], "tile_size": 256, "tile_overlap": 0.25,
+                               "temporal_window": 2}}
+    source = ["22", 0]
+    if batch:
+        prompt["23"] = {"class_type": "LatentBatch", "inputs": {"samples1": ["22", 0], "samples2": ["22", 0]}}
+        source = ["23", 0]
+    prompt["5"]["inputs"]["image_latent"] = source
+    return prompt
 
-    entry = server.run(video_prompt(prefix="bad_file", dit="not_a_pyramid_dit.safetensors", seed=2))
-    assert entry["status"]["status_str"] == "error"
-    message = harness.error_message(entry)
-    assert "not_a_pyramid_dit.safetensors" in message and "not a usable Pyramid Flow DiT" in message, message
 
+def _with(prompt: dict, node: str, **inputs) -> dict:
+    prompt[node]["inputs"].update(inputs)
+    return prompt
+
+
+NAN = float("nan")
+# (name, prompt, fragments the error message must hold); every prompt fails before heavy work
+HOSTILE = [
+    ("bad_width", lambda: video_prompt(prefix="bad_width", width=100, seed=1),
+     ["width 100 is not a multiple of 64", "Use 64 or 128"]),
+    ("vae_as_dit", lambda: video_prompt(prefix="bad_file", dit="not_a_pyramid_dit.safetensors", seed=2),
+     ["not_a_pyramid_dit.safetensors", "not a usable Pyramid Flow DiT", "'Pyramid Flow VAE Loader'"]),
+    ("nan_video_guidance", lambda: video_prompt(prefix="nan_vg", video_guidance_scale=NAN, seed=3),
+     ["'video_guidance_scale' is nan", "finite number"]),
+    ("nan_guidance", lambda: video_prompt(prefix="nan_g", guidance_scale=NAN, seed=3), ["'guidance_scale' is nan"]),
+    ("nan_duration", lambda: video_prompt(prefix="nan_d", duration_seconds=NAN, seed=3), ["'duration_seconds' is nan"]),
+    ("inf_tile_overlap", lambda: _with(video_prompt(prefix="inf_o", seed=3), "6", tile_overlap=float("inf")),
+     ["'tile_overlap' is inf"]),
+    ("pickled_text_encoder", lambda: video_prompt("miniflux", "transformers", prefix="pickled", seed=3,
+                                                  text_folder="pickled-text-encoders"),
+     ["pytorch_model.bin", "Only safe formats load"]),
+    ("garbage_config", lambda: video_prompt(prefix="garbage", dit="broken-config/diffusion_transformer_384p", seed=3),
+     ["config.json' is not valid JSON", "Download it again"]),
+    ("offline_download", lambda: _with(video_prompt("sd3", prefix="offline", seed=3,
+                                                    dit="pyramid-flow-sd3/diffusion_transformer_768p"),
+                                       "3", download_if_missing=True),
+     ["Hugging Face Hub could not be reached", "hf download rain1011/pyramid-flow-sd3"]),
+    ("image_latent_size", lambda: _image_latent(video_prompt(prefix="latent72", seed=3), 72),
+     ["72x72 comes from 'image_latent'", "not a multiple of 64"]),
+    ("tiny_tiles", lambda: _with(video_prompt(prefix="tiles", seed=3), "6", tile_size=8),
+     ["Use a larger tile size"]),
+    ("one_pixel_image", lambda: _with(_image_latent(video_prompt(prefix="pixel", seed=3), 128), "21", width=1, height=1),
+     ["The input 'images' is 1x1 pixels; it needs at least 8x8"]),
+]
+
+
+@pytest.mark.parametrize("name,make,fragments", HOSTILE, ids=[case[0] for case in HOSTILE])
+def test_bad_inputs_fail_clearly(server, name, make, fragments):
+    entry = server.run(make())
+    assert entry["status"]["status_str"] == "error", name
+    message = harness.error_message(entry)
+    for fragment in fragments:
+        assert fragment in message, message
+    exception_type = message.split(":", 1)[0]
+    assert "custom_nodes" not in exception_type and "_x_" not in exception_type, exception_type  # a short type name
+
+
+def test_valid_edge_inputs_work_and_the_server_keeps_serving(server, base_dir):
+    """A 7000x10 image padded into the video and a batch of two image latents (the first is used) both run."""
     status, body = server.queue(video_prompt(prefix="bad_model", dit="no_such_model.safetensors", seed=3))
     assert status == 400 and "no_such_model.safetensors" in str(body)
-
+    wide = video_prompt("miniflux", "clip", prefix="pad_extreme", i2v=True, seed=4)
+    wide["30"] = {"class_type": "ImageScale", "inputs": {"image": ["9", 0], "upscale_method": "nearest-exact",
+                                                          "width": 7000, "height": 10, "crop": "disabled"}}
+    wide["10"]["inputs"].update(image=["30", 0], resize_mode="pad")
+    for prompt in (wide, _image_latent(video_prompt(prefix="latent_batch", seed=5), 128, batch=True)):
+        entry = server.run(prompt)
+        assert entry["status"]["status_str"] == "success", harness.error_message(entry)
+    assert "first one is used" in server.read_log()
     assert server.get("/system_stats")["system"]["comfyui_version"] == harness.lane_version()
-    entry = server.run(video_prompt(prefix="after_errors", seed=4))
-    assert entry["status"]["status_str"] == "success", harness.error_message(entry)
 
 
 def test_interrupt_stops_sampling(server):
@@ -190,3 +266,20 @@ def test_vae_encode_then_save_and_extend(server, base_dir):
     videos = [p for p in files if p.endswith(".mp4")]
     frames, _ = video_frames(videos[0])
     assert len(frames) == 9
+
+
+def test_long_videos_with_a_history_window(server, base_dir):
+    """30 s at 384p and 20 s at 768p (tiny models, one step per stage): beyond the trained 10 s, with a bounded
+    history; the videos are written whole."""
+    steps = {f"{kind}_{i}": 1 for kind in ("first_frame_steps", "video_steps") for i in (1, 2, 3)}
+    for name, width, height, seconds, frames in (("long_384p", 640, 384, 30.0, 721), ("long_768p", 1280, 768, 20.0, 481)):
+        prompt = video_prompt(prefix=name, width=width, height=height, duration_seconds=seconds, history_window=8,
+                              seed=11, **steps)
+        prompt["6"]["inputs"]["tile_size"] = 0  # whole frames: tiling is not what this test is about
+        entry = server.run(prompt, timeout=1800)
+        assert entry["status"]["status_str"] == "success", harness.error_message(entry)
+        videos = [p for p in harness.output_files(entry, base_dir) if p.endswith(".mp4")]
+        with av.open(videos[0]) as container:
+            stream = container.streams.video[0]
+            assert (stream.frames or sum(1 for _ in container.decode(stream))) == frames
+            assert (stream.width, stream.height) == (width, height)

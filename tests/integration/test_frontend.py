@@ -21,6 +21,12 @@ import harness
 from prompts import TINY
 
 WORKFLOWS = sorted(glob.glob(os.path.join(harness.REPO_ROOT, "workflows", "*.json")))
+PRE_V3 = sorted(glob.glob(os.path.join(harness.HERE, "fixtures", "pre_v3_workflows", "*.json")))
+
+
+def workflow_id(path: str) -> str:
+    name = os.path.basename(path)[:-5]
+    return f"pre_v3-{name}" if path in PRE_V3 else name
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 TINY_SWAP = {"DualCLIPLoader": "PyramidFlowTest_TinyDualCLIPLoader",
              "TripleCLIPLoader": "PyramidFlowTest_TinyTripleCLIPLoader"}
@@ -64,16 +70,20 @@ def load_through_file_input(tab, path):
 
 
 def tiny(prompt: dict) -> dict:
-    """Point a real workflow's API prompt at the tiny checkpoints and CPU-sized settings."""
+    """Point a real workflow's API prompt at the tiny checkpoints and CPU-sized settings (a text-to-image duration
+    of 0 stays 0; each extension adds one latent frame)."""
     for node in prompt.values():
         node["class_type"] = TINY_SWAP.get(node["class_type"], node["class_type"])
         inputs = node["inputs"]
         if node["class_type"] == "PyramidFlowVideoSampler":
-            inputs.update({k: v for k, v in TINY.items() if k != "seed"})
+            keep = {"duration_seconds": 0.0} if inputs["duration_seconds"] == 0 else {}
+            inputs.update({k: v for k, v in TINY.items() if k != "seed"}, **keep)
+        if node["class_type"] == "PyramidFlowVideoExtend":
+            inputs.update({k: v for k, v in TINY.items() if k.startswith("video_steps")}, duration_seconds=1 / 3)
         if node["class_type"] == "PyramidFlowVideoImageToVideo":
             inputs.update(width=TINY["width"], height=TINY["height"])
-        if node["class_type"] == "SaveVideo":
-            inputs["filename_prefix"] = "video/frontend_" + inputs["filename_prefix"].split("/")[-1]
+        if node["class_type"] in ("SaveVideo", "SaveImage"):
+            inputs["filename_prefix"] = "frontend_" + inputs["filename_prefix"].split("/")[-1]
     return prompt
 
 
@@ -104,9 +114,11 @@ def test_frontend_is_the_lane_frontend_and_lists_the_templates(page):
     assert sorted(templates.get(harness.PACK_DIR_NAME, [])) == expected_templates(), templates
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p)[:-5] for p in WORKFLOWS])
+@pytest.mark.parametrize("path", WORKFLOWS + PRE_V3, ids=[workflow_id(p) for p in WORKFLOWS + PRE_V3])
 def test_workflow_loads_converts_and_runs(page, server, base_dir, path):
-    name = os.path.basename(path)[:-5]
+    """Every shipped workflow, and every workflow saved before the nodes moved to V3, loads through the file input,
+    converts, and runs to its video (or image) on the server."""
+    name = workflow_id(path)
     load_through_file_input(page, path)
     shots = os.path.join(harness.ARTIFACTS, "workflows")
     os.makedirs(shots, exist_ok=True)
@@ -118,14 +130,16 @@ def test_workflow_loads_converts_and_runs(page, server, base_dir, path):
     prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     with open(path, encoding="utf-8") as f:
         ui = json.load(f)
-    sampler_ui = next(n for n in ui["nodes"] if n["type"] == "PyramidFlowVideoSampler")
-    sampler = prompt[str(sampler_ui["id"])]["inputs"]
-    widgets = sampler_ui["widgets_values"]
-    assert (sampler["width"], sampler["height"], sampler["duration_seconds"], sampler["seed"]) == \
-        (widgets[0], widgets[1], widgets[2], widgets[11]), "widget order of the workflow differs from INPUT_TYPES"
+    sampler_ui = next((n for n in ui["nodes"] if n["type"] == "PyramidFlowVideoSampler"), None)
+    if sampler_ui is not None:
+        sampler = prompt[str(sampler_ui["id"])]["inputs"]
+        widgets = sampler_ui["widgets_values"]
+        assert (sampler["width"], sampler["height"], sampler["duration_seconds"], sampler["seed"]) == \
+            (widgets[0], widgets[1], widgets[2], widgets[11]), "widget order of the workflow differs from the schema"
+        assert sampler.get("noise", "default") == "default" and sampler.get("history_window", 0) in (0, 16)
     assert "Note" not in {node["class_type"] for node in prompt.values()}
 
     entry = server.run(tiny(prompt))
     assert entry["status"]["status_str"] == "success", harness.error_message(entry)
-    videos = [p for p in harness.output_files(entry, base_dir) if p.endswith(".mp4")]
-    assert videos and os.path.getsize(videos[0]) > 0, entry["outputs"]
+    outputs = [p for p in harness.output_files(entry, base_dir) if p.endswith((".mp4", ".png"))]
+    assert outputs and os.path.getsize(outputs[0]) > 0, entry["outputs"]

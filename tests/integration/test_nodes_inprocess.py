@@ -56,6 +56,11 @@ def clip_state(clip):
     return state
 
 
+def encode_text(node, clip):
+    """(positive, negative) of the text encode node with the lane's prompts."""
+    return node.execute(prompt=PROMPT, negative_prompt=NEGATIVE, add_quality_suffix=True, clip=clip).result
+
+
 def core_encode(clip, text):
     """What core CLIPTextEncode does."""
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
@@ -65,14 +70,14 @@ def core_encode(clip, text):
 def test_shared_clip_is_not_mutated(comfy_env, kind, pooled_dim):
     """After our encode, core CLIPTextEncode on the same CLIP gives identical output (flux; core's SD3 encode pads
     CLIP to the real 4096 channels, which the tiny SD3 encoders cannot do) and no option is left changed."""
-    from pyramid_flow_pack.nodes.text import PyramidFlowVideoTextEncode
+    from pyramid_flow_pack.nodes.conditioning import PyramidFlowVideoTextEncode
 
     clip = tiny_clip(kind)
     text = "a photo of a cat, (masterpiece:1.2)"
     before = core_encode(clip, text) if kind == "flux" else None
     state = clip_state(clip)
-    positive, negative = PyramidFlowVideoTextEncode().encode(PROMPT, NEGATIVE, True, clip=clip)
-    again, _ = PyramidFlowVideoTextEncode().encode(PROMPT, NEGATIVE, True, clip=clip)
+    positive, negative = encode_text(PyramidFlowVideoTextEncode, clip)
+    again, _ = encode_text(PyramidFlowVideoTextEncode, clip)
     assert clip_state(clip) == state
     if before is not None:
         after = core_encode(clip, text)
@@ -93,7 +98,7 @@ def test_clip_path_matches_official_math(comfy_env):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     from pyramid_flow_pack.nodes.common import t5_window
-    from pyramid_flow_pack.nodes.text import encode_with_clip
+    from pyramid_flow_pack.nodes.conditioning import encode_with_clip
 
     clip = tiny_clip("flux", torch.float32)  # ComfyUI's CPU default for text encoders is fp16
     text = "a red fox running through snow, hyper quality"
@@ -126,8 +131,8 @@ def _load_models(comfy_env, variant="miniflux"):
     from pyramid_flow_pack.nodes.loaders import PyramidFlowVideoModelLoader, PyramidFlowVideoVAELoader
 
     repo = f"pyramid-flow-{variant}"
-    (dit,) = PyramidFlowVideoModelLoader().load(f"{repo}/diffusion_transformer_384p", "fp32")
-    (vae,) = PyramidFlowVideoVAELoader().load(f"{repo}/causal_video_vae", "fp32")
+    dit = PyramidFlowVideoModelLoader.execute(model=f"{repo}/diffusion_transformer_384p", weight_dtype="fp32")[0]
+    vae = PyramidFlowVideoVAELoader.execute(vae=f"{repo}/causal_video_vae", dtype="fp32")[0]
     return dit, vae
 
 
@@ -145,12 +150,11 @@ def test_models_are_model_patchers_of_comfy_ops(comfy_env):
 
 
 def _sample(comfy_env, dit, seed=3):
-    from pyramid_flow_pack.nodes.sampler import PyramidFlowVideoSampler
-    from pyramid_flow_pack.nodes.text import PyramidFlowVideoTextEncode
+    from pyramid_flow_pack.nodes.conditioning import PyramidFlowVideoTextEncode
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoSampler
 
-    positive, negative = PyramidFlowVideoTextEncode().encode(PROMPT, NEGATIVE, True, clip=tiny_clip("flux"))
-    args = dict(TINY, seed=seed)
-    return PyramidFlowVideoSampler().sample(dit, positive, negative, **args)
+    positive, negative = encode_text(PyramidFlowVideoTextEncode, tiny_clip("flux"))
+    return PyramidFlowVideoSampler.execute(model=dit, positive=positive, negative=negative, **dict(TINY, seed=seed)).result
 
 
 def test_sampler_loads_only_through_load_models_gpu(comfy_env, monkeypatch):
@@ -186,18 +190,18 @@ def test_partial_load_gives_the_same_video(comfy_env, monkeypatch):
 
 
 def test_core_conditioning_is_rejected_with_a_clear_message(comfy_env):
-    from pyramid_flow_pack.nodes.sampler import PyramidFlowVideoSampler
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoSampler
 
     dit, _ = _load_models(comfy_env)
     core = core_encode(tiny_clip("flux"), "a cat")
     with pytest.raises(TypeError, match="not made by 'Pyramid Flow Text Encode'"):
-        PyramidFlowVideoSampler().sample(dit, core, core, **TINY)
+        PyramidFlowVideoSampler.execute(model=dit, positive=core, negative=core, **TINY)
 
 
 def test_interrupt_inside_a_unit(comfy_env, monkeypatch):
     import comfy.model_management as mm
 
-    from pyramid_flow_pack.nodes import sampler as sampler_mod
+    from pyramid_flow_pack.nodes import sampling as sampler_mod
 
     dit, _ = _load_models(comfy_env)
     seen = []
@@ -271,11 +275,12 @@ def test_fp8_storage_samples(comfy_env):
 
     from pyramid_flow_pack.nodes.loaders import PyramidFlowVideoModelLoader
 
-    (dit,) = PyramidFlowVideoModelLoader().load("pyramid-flow-miniflux/diffusion_transformer_384p", "fp8_e4m3fn")
+    dit = PyramidFlowVideoModelLoader.execute(model="pyramid-flow-miniflux/diffusion_transformer_384p",
+                                              weight_dtype="fp8_e4m3fn")[0]
     linears = [m for m in dit.model.modules() if isinstance(m, comfy.ops.manual_cast.Linear)]
     assert linears and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
-    assert dit.model_size() < PyramidFlowVideoModelLoader().load(
-        "pyramid-flow-miniflux/diffusion_transformer_384p", "fp32")[0].model_size() / 2
+    assert dit.model_size() < PyramidFlowVideoModelLoader.execute(
+        model="pyramid-flow-miniflux/diffusion_transformer_384p", weight_dtype="fp32")[0].model_size() / 2
     latent = _sample(comfy_env, dit)[0]["samples"]
     assert torch.isfinite(latent).all()
 
@@ -284,7 +289,7 @@ def test_decode_retries_smaller_tiles_on_oom(comfy_env, monkeypatch):
     """The decode node catches ComfyUI's OOM exception type, frees the cache and retries with smaller tiles."""
     import comfy.model_management as mm
 
-    from pyramid_flow_pack.nodes.vae import PyramidFlowVideoVAEDecode
+    from pyramid_flow_pack.nodes.latent import PyramidFlowVideoVAEDecode
 
     _, vae = _load_models(comfy_env)
     module = vae.model.vae
@@ -298,6 +303,94 @@ def test_decode_retries_smaller_tiles_on_oom(comfy_env, monkeypatch):
 
     monkeypatch.setattr(module, "decode", flaky)
     latent = {"samples": torch.randn(1, 16, 2, 16, 16)}
-    (images,) = PyramidFlowVideoVAEDecode().decode(vae, latent, 256, 0.25, 2)
+    images = PyramidFlowVideoVAEDecode.execute(vae=vae, samples=latent, tile_size=256, tile_overlap=0.25,
+                                               temporal_window=2)[0]
     assert calls == [(256, 2), (256, 1), (128, 1)]
     assert images.shape == (9, 128, 128, 3) and images.min() >= 0 and images.max() <= 1
+
+
+def _text(schedule: str = None):
+    from pyramid_flow_pack.nodes.conditioning import PyramidFlowVideoPromptSchedule, PyramidFlowVideoTextEncode
+
+    clip = tiny_clip("flux")
+    if schedule is None:
+        return encode_text(PyramidFlowVideoTextEncode, clip)
+    return PyramidFlowVideoPromptSchedule.execute(schedule=schedule, negative_prompt=NEGATIVE, add_quality_suffix=True,
+                                                  clip=clip).result
+
+
+def _extend(dit, positive, negative, seconds, **inputs):
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoExtend
+
+    steps = {f"video_steps_{i}": TINY[f"video_steps_{i}"] for i in (1, 2, 3)}
+    return PyramidFlowVideoExtend.execute(model=dit, positive=positive, negative=negative, duration_seconds=seconds,
+                                          guidance_scale=TINY["guidance_scale"],
+                                          video_guidance_scale=TINY["video_guidance_scale"], seed=TINY["seed"],
+                                          **steps, **inputs).result
+
+
+def test_extending_a_sampler_latent_equals_one_longer_run(comfy_env):
+    """Sampler 2 latent frames, then Extend by one (the same seed): the frames one 3-frame run gives, through the
+    LATENT the sampler returns (its normalised copy travels with it); chained twice as well."""
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoSampler
+
+    dit, _ = _load_models(comfy_env)
+    positive, negative = _text()
+    run = dict(TINY, model=dit, positive=positive, negative=negative)
+    longer = PyramidFlowVideoSampler.execute(**dict(run, duration_seconds=0.7)).result[0]  # 3 latent frames
+    short = PyramidFlowVideoSampler.execute(**dict(run, duration_seconds=0.0)).result[0]  # 1 frame
+    video, new, frames = _extend(dit, positive, negative, 1 / 3, video=short)
+    video, new, frames = _extend(dit, positive, negative, 1 / 3, video=video)
+    assert frames == 17 and video["samples"].shape == longer["samples"].shape and new["samples"].shape[2] == 1
+    assert_within_ulps(video["samples"], longer["samples"], name="extended twice")  # the same code, by two routes
+
+
+def test_extending_decoded_frames_continues_within_the_vae_round_trip(comfy_env):
+    """The same continuation through frames: decode, then Extend with images + vae (VAE encode of the frames)."""
+    from pyramid_flow_pack.nodes.latent import PyramidFlowVideoVAEDecode
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoSampler
+
+    dit, vae = _load_models(comfy_env)
+    positive, negative = _text()
+    run = dict(TINY, model=dit, positive=positive, negative=negative)
+    latent = PyramidFlowVideoSampler.execute(**dict(run, duration_seconds=0.375)).result[0]  # 2 latent frames
+    images = PyramidFlowVideoVAEDecode.execute(vae=vae, samples=latent, tile_size=0, tile_overlap=0.25,
+                                               temporal_window=1)[0]
+    from_frames, _, frames = _extend(dit, positive, negative, 1 / 3, images=images, vae=vae)
+    from_latent, _, _ = _extend(dit, positive, negative, 1 / 3, video=latent)
+    assert frames == 17 and from_frames["samples"].shape == from_latent["samples"].shape
+    given, new = from_frames["samples"][:, :, :2], from_frames["samples"][:, :, 2:]
+    scale = latent["samples"].abs().max()
+    assert (given - latent["samples"]).abs().max() < 0.5 * scale  # the tiny random VAE round trip is lossy
+    assert torch.isfinite(new).all() and (new - from_latent["samples"][:, :, 2:]).abs().max() < scale
+
+
+def test_prompt_schedule_conditions_by_time(comfy_env):
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoSampler
+    from pyramid_flow_pack.nodes.types import START_SECONDS_KEY
+
+    positive, negative = _text("0: a red fox / 0.5: a blue fox / 0.6: a red fox")
+    assert [entry[1][START_SECONDS_KEY] for entry in positive] == [0.0, 0.5, 0.6] and len(negative) == 1
+    assert torch.equal(positive[0][0], positive[2][0]) and not torch.equal(positive[0][0], positive[1][0])
+    dit, _ = _load_models(comfy_env)
+    latent, frames = PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive[:2], negative=negative,
+                                                             duration_seconds=0.7)).result
+    assert frames == 17 and torch.isfinite(latent["samples"]).all()
+    with pytest.raises(ValueError, match="same latent frame"):  # 0.5 s and 0.6 s both fall in unit 2
+        PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive, negative=negative,
+                                               duration_seconds=0.7))
+
+
+def test_text_to_image_with_the_image_dit(comfy_env):
+    from pyramid_flow_pack.nodes.loaders import PyramidFlowVideoModelLoader
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoSampler
+
+    dit = PyramidFlowVideoModelLoader.execute(model="pyramid-flow-miniflux/diffusion_transformer_image",
+                                              weight_dtype="fp32")[0]
+    assert dit.model.checkpoint == "image"
+    positive, negative = _text()
+    latent, frames = PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive, negative=negative,
+                                                             duration_seconds=0.0)).result
+    assert frames == 1 and latent["samples"].shape == (1, 16, 1, 16, 16)
+    with pytest.raises(ValueError, match="image DiT.*temp=1"):
+        PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive, negative=negative))

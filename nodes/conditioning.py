@@ -1,0 +1,260 @@
+"""Conditioning nodes: prompts (one, or a timed schedule for prompt travel) and the first frame of image-to-video.
+
+Text comes from either source of encoders:
+- ComfyUI's own CLIP object (DualCLIPLoader type flux: clip_l + t5xxl for miniFLUX; TripleCLIPLoader: clip_l +
+  clip_g + t5xxl for SD3), so the files users already have are reused;
+- the official transformers encoders (Pyramid Flow Text Encoder Loader).
+
+Either way the result is T5 hidden states cut/padded to 128 tokens with their mask, and the pooled CLIP vector
+(miniFLUX: CLIP-L un-projected 768; SD3: CLIP-L and CLIP-G projected, 2048).
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+
+import comfy.model_management as mm
+from comfy_api.v0_0_2 import io
+
+from ..pyramid_flow.image import RESIZE_MODES
+from ..pyramid_flow.latents import RESOLUTION_MULTIPLE
+from ..pyramid_flow.text import (DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, PromptSchedule, TextEmbeddings,
+                                 effective_prompts, parse_prompt_schedule)
+from ..pyramid_flow.text.embeddings import TEXT_TOKENS
+from ..pyramid_flow.variants import VARIANTS, Variant, get_variant
+from ..pyramid_flow.vae import ENCODE_TILE
+from .base import PyramidFlowNode
+from .common import MAX_SIZE, T5_EOS, check_image, check_size, first_frame_input, pad_embeddings, t5_window
+from .latent import encode_with_retry
+from .types import MOMENTS_KEY, START_SECONDS_KEY, VARIANT_KEY, TextEncoderSocket, VAESocket
+
+CATEGORY = "PyramidFlow/conditioning"
+
+
+# --- encoding -------------------------------------------------------------------------------------------------
+
+
+def clip_variant(clip) -> Variant:
+    """The variant whose sub-encoders the CLIP object has (the one needing most, if several fit)."""
+    model = clip.cond_stage_model
+    fitting = [v for v in VARIANTS.values() if all(getattr(model, part, None) is not None for part in v.comfy_clip)]
+    if not fitting:
+        loaders = "; ".join(f"{v.display_name}: {v.comfy_clip_loader}" for v in VARIANTS.values())
+        raise TypeError(f"This CLIP lacks the text encoders Pyramid Flow needs. {loaders}.")
+    return max(fitting, key=lambda v: len(v.comfy_clip))
+
+
+def _t5_pairs(pairs):
+    """ComfyUI (token, weight) pairs of one T5 batch -> the official 128-token window (EOS kept, padding dropped)."""
+    ids = [p[0] for p in pairs if isinstance(p[0], int)]
+    weights = [p[1] for p in pairs if isinstance(p[0], int)]
+    window, n = t5_window(ids)
+    return [(tok, weights[i] if i < n - 1 else 1.0) for i, tok in enumerate(window[:-1])] + [(T5_EOS, 1.0)], n
+
+
+def encode_with_clip(clip, text: str) -> TextEmbeddings:
+    """Encode one prompt with a ComfyUI CLIP object without leaving any change on it.
+
+    The tokenizer is only read. The sub-encoders' options (projected pooled output) are set for this call and
+    reset afterwards, exactly as ``CLIP.encode_from_tokens`` resets them before every encode. T5 gets only the
+    real tokens (no padding), so its un-masked attention equals the official masked attention on those tokens.
+    """
+    clip = clip.clone()
+    variant = clip_variant(clip)
+    tokens = clip.tokenize(text)
+    model = clip.cond_stage_model
+    t5_pairs, n = _t5_pairs(tokens["t5xxl"][0])
+    clip.load_model()
+    model.reset_clip_options()
+    try:
+        t5_hidden = model.t5xxl.encode_token_weights([t5_pairs])[0]
+        pooled = []
+        for part in variant.comfy_clip[:-1]:  # the CLIPs, in pooled order; T5 is last
+            encoder = getattr(model, part)
+            encoder.set_clip_options({"projected_pooled": variant.clip_projected})
+            pooled.append(encoder.encode_token_weights([tokens[part.split("_")[1]][0]])[1])
+    finally:
+        model.reset_clip_options()
+    prompt_embeds, mask = pad_embeddings(t5_hidden.float(), n, TEXT_TOKENS)
+    return TextEmbeddings(prompt_embeds=prompt_embeds, attention_mask=mask, pooled=torch.cat(pooled, dim=-1).float())
+
+
+def encode_with_text_encoder(patcher, text: str) -> TextEmbeddings:
+    """Encode with the official transformers encoders, loaded fully through load_models_gpu (they are not comfy.ops
+    modules, so they cannot be partially loaded)."""
+    mm.load_models_gpu([patcher], force_full_load=True)
+    with torch.no_grad():
+        return patcher.model.encoder.encode([text])
+
+
+def encode_texts(texts: List[str], clip, text_encoder) -> Tuple[Variant, List[TextEmbeddings]]:
+    """Each text through exactly one of the two encoder sources."""
+    if (clip is None) == (text_encoder is None):
+        raise ValueError("Connect exactly one text encoder: a CLIP (DualCLIPLoader flux / TripleCLIPLoader) or a "
+                         "Pyramid Flow Text Encoder Loader output.")
+    if clip is not None:
+        return clip_variant(clip), [encode_with_clip(clip, text) for text in texts]
+    return get_variant(text_encoder.model.variant_name), [encode_with_text_encoder(text_encoder, t) for t in texts]
+
+
+def to_conditioning(emb: TextEmbeddings, variant: Variant, **extra) -> list:
+    device = mm.intermediate_device()
+    return [[emb.prompt_embeds.to(device, torch.float32), {
+        "pooled_output": emb.pooled.to(device, torch.float32),
+        "attention_mask": emb.attention_mask.to(device),
+        VARIANT_KEY: variant.name,
+        **extra,
+    }]]
+
+
+def _embeddings(entry, what: str) -> TextEmbeddings:
+    cond, extra = entry
+    mask = extra.get("attention_mask")
+    if VARIANT_KEY not in extra or mask is None or cond.shape[1] != TEXT_TOKENS or "pooled_output" not in extra:
+        raise TypeError(
+            f"The {what} conditioning was not made by 'Pyramid Flow Text Encode' (got {tuple(cond.shape)}). "
+            "Core CLIPTextEncode output has no 128-token T5 mask; connect the Pyramid Flow text encode node.")
+    return TextEmbeddings(prompt_embeds=cond, attention_mask=mask.to(torch.int64), pooled=extra["pooled_output"])
+
+
+def conditioning_to_embeddings(conditioning, what: str) -> TextEmbeddings:
+    """CONDITIONING from Pyramid Flow Text Encode -> TextEmbeddings; a clear error for anything else."""
+    if not conditioning:
+        raise ValueError(f"The {what} conditioning is empty.")
+    if len(conditioning) > 1:
+        raise ValueError(f"The {what} conditioning holds {len(conditioning)} prompts; it must be one prompt (a prompt "
+                         "schedule is for 'positive' only).")
+    return _embeddings(conditioning[0], what)
+
+
+def conditioning_to_schedule(conditioning, num_units: int):
+    """The positive CONDITIONING -> one TextEmbeddings, or a PromptSchedule when it holds timed prompts."""
+    from ..pyramid_flow.text import schedule_units
+
+    if not conditioning:
+        raise ValueError("The positive conditioning is empty.")
+    if len(conditioning) == 1:
+        return _embeddings(conditioning[0], "positive")
+    entries = [(entry[1].get(START_SECONDS_KEY), index) for index, entry in enumerate(conditioning)]
+    if any(seconds is None for seconds, _ in entries):
+        raise ValueError("The positive conditioning holds several prompts without times: make a prompt schedule with "
+                         "'Pyramid Flow Prompt Schedule', or connect one prompt.")
+    units = schedule_units(entries, num_units)
+    return PromptSchedule(tuple((unit, _embeddings(conditioning[index], "positive")) for unit, index in units))
+
+
+def conditioning_variant(conditioning) -> Optional[str]:
+    return conditioning[0][1].get(VARIANT_KEY) if conditioning else None
+
+
+def _text_inputs(prompt: io.Input) -> list:
+    return [
+        prompt,
+        io.String.Input("negative_prompt", multiline=True, dynamic_prompts=True, default=DEFAULT_NEGATIVE_PROMPT,
+                        tooltip="What to steer away from (used when guidance > 0). The default is the official "
+                                "pipeline's; an empty box encodes the empty string."),
+        io.Boolean.Input("add_quality_suffix", default=True,
+                         tooltip=f"Append '{PROMPT_SUFFIX}' to the prompt, as the official pipeline always does."),
+        io.Clip.Input("clip", optional=True, tooltip=(
+            "ComfyUI text encoders: DualCLIPLoader type flux (clip_l + t5xxl) for miniFLUX, TripleCLIPLoader (clip_l "
+            "+ clip_g + t5xxl) for SD3. Never modified.")),
+        TextEncoderSocket.Input("text_encoder", optional=True, tooltip=(
+            "Or the official encoders from 'Pyramid Flow Text Encoder Loader'. Connect exactly one of clip / "
+            "text_encoder.")),
+    ]
+
+
+_TEXT_OUTPUTS = [io.Conditioning.Output(display_name="positive", tooltip="Prompt conditioning for the Pyramid Flow Sampler."),
+                 io.Conditioning.Output(display_name="negative", tooltip="Negative prompt conditioning.")]
+
+
+class PyramidFlowVideoTextEncode(PyramidFlowNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowVideoTextEncode",
+            display_name="Pyramid Flow Text Encode",
+            category=CATEGORY,
+            description=("Encode a prompt and a negative prompt for Pyramid Flow: T5 cut/padded to 128 tokens with its "
+                         "mask, plus the pooled CLIP vector of the variant."),
+            inputs=_text_inputs(io.String.Input("prompt", multiline=True, dynamic_prompts=True, tooltip=(
+                "What the video shows. T5 reads at most 128 tokens (the rest is cut, as in the official pipeline); "
+                "CLIP reads the first 77."))),
+            outputs=_TEXT_OUTPUTS,
+        )
+
+    @classmethod
+    def process(cls, prompt: str, negative_prompt: str, add_quality_suffix: bool = True, clip=None,
+                text_encoder=None) -> io.NodeOutput:
+        prompts, negatives = effective_prompts(prompt, negative_prompt, add_quality_suffix)
+        variant, (positive, negative) = encode_texts([prompts[0], negatives[0]], clip, text_encoder)
+        return io.NodeOutput(to_conditioning(positive, variant), to_conditioning(negative, variant))
+
+
+class PyramidFlowVideoPromptSchedule(PyramidFlowNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowVideoPromptSchedule",
+            display_name="Pyramid Flow Prompt Schedule",
+            category=CATEGORY,
+            description=("Prompt travel: timed prompts for one video ('0: a red panda on a log / 4: the panda jumps "
+                         "into the snow'). The conditioning switches at the latent frame (1/3 s) holding each time; "
+                         "each distinct prompt is encoded once; the negative prompt stays one."),
+            inputs=_text_inputs(io.String.Input("schedule", multiline=True, dynamic_prompts=True,
+                                                default="0: a red panda on a log\n4: the red panda jumps into the snow",
+                                                tooltip=(
+                "'<seconds>: <prompt>' entries, one per line or separated by ' / ', the first at 0. Seconds count "
+                "from the start of the whole video (also when extending one)."))),
+            outputs=_TEXT_OUTPUTS,
+        )
+
+    @classmethod
+    def process(cls, schedule: str, negative_prompt: str, add_quality_suffix: bool = True, clip=None,
+                text_encoder=None) -> io.NodeOutput:
+        entries = parse_prompt_schedule(schedule)
+        if entries[0][0] != 0:
+            raise ValueError(f"The schedule starts at {entries[0][0]:g} s: add an entry for 0 s ('0: <prompt>').")
+        texts = list(dict.fromkeys(text for _, text in entries))
+        prompts, negatives = effective_prompts(texts, negative_prompt, add_quality_suffix)
+        variant, embeddings = encode_texts(prompts + negatives[:1], clip, text_encoder)
+        by_text = dict(zip(texts, embeddings))
+        positive = [to_conditioning(by_text[text], variant, **{START_SECONDS_KEY: seconds})[0]
+                    for seconds, text in entries]
+        return io.NodeOutput(positive, to_conditioning(embeddings[-1], variant))
+
+
+class PyramidFlowVideoImageToVideo(PyramidFlowNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowVideoImageToVideo",
+            display_name="Pyramid Flow Image To Video",
+            category=CATEGORY,
+            description="Resize an image to the video size (aspect preserved) and encode it as the first frame.",
+            inputs=[
+                VAESocket.Input("vae", tooltip="From 'Pyramid Flow VAE Loader'."),
+                io.Image.Input("image", tooltip="The first frame. Only the first image of a batch is used."),
+                io.Int.Input("width", default=640, min=RESOLUTION_MULTIPLE, max=MAX_SIZE, step=RESOLUTION_MULTIPLE,
+                             tooltip="Video width (multiple of 64): 640 for 384p, 1280 for 768p checkpoints."),
+                io.Int.Input("height", default=384, min=RESOLUTION_MULTIPLE, max=MAX_SIZE, step=RESOLUTION_MULTIPLE,
+                             tooltip="Video height (multiple of 64): 384 for 384p, 768 for 768p."),
+                io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="crop", tooltip=(
+                    "Keep the aspect ratio: 'crop' fills the frame and centre-crops (official), 'pad' fits the whole "
+                    "image and adds black bars. Never squashes.")),
+            ],
+            outputs=[io.Latent.Output(display_name="image_latent",
+                                      tooltip="First-frame latent for the sampler's image_latent input.")],
+        )
+
+    @classmethod
+    def process(cls, vae, image: torch.Tensor, width: int, height: int, resize_mode: str) -> io.NodeOutput:
+        check_image(image, "image")
+        check_size(width, height)
+        video = first_frame_input(image[:1], width, height, resize_mode)
+        moments = encode_with_retry(vae, video, ENCODE_TILE, 1, "Image To Video encode").float()
+        moments = moments.to(mm.intermediate_device())
+        return io.NodeOutput({"samples": moments[:, : moments.shape[1] // 2].clone(), MOMENTS_KEY: moments})
+
+
+NODES = [PyramidFlowVideoTextEncode, PyramidFlowVideoPromptSchedule, PyramidFlowVideoImageToVideo]
