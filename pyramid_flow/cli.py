@@ -102,7 +102,7 @@ def load_history(path: str, pipe: PyramidFlowPipeline, width: int, height: int, 
     if usable != frames.shape[0]:
         log.info("Using the first %d of %d frames of %s (the causal VAE encodes 1 + 8k frames).", usable,
                  frames.shape[0], path)
-    resized = [torch.from_numpy(np.asarray(resize_to(f, width, height))) for f in frames[:usable]]
+    resized = [torch.from_numpy(np.array(resize_to(f, width, height))) for f in frames[:usable]]
     return pipe.encode_video(torch.stack(resized), callback=callback), {}
 
 

@@ -104,3 +104,89 @@ def test_offloading_moves_each_model_only_while_it_runs(tiny_root, monkeypatch):
     assert moves == [("text_encoder", "cpu"), ("text_encoder", "cpu"), ("dit", "cpu"), ("dit", "cpu"), ("vae", "cpu"), ("vae", "cpu")]
     resident = PyramidFlowPipeline.from_pretrained(tiny_root, offload=False)
     assert torch.equal(frames, resident.generate("a cat", **kwargs))  # on the CPU offloading moves nothing: same path
+
+
+def _copy_tiny(tmp_path, tiny_root):
+    import shutil
+
+    target = tmp_path / "models" / "pyramid-flow-miniflux"
+    shutil.copytree(tiny_root, target)
+    return target
+
+
+def test_a_broken_model_folder_is_an_error_not_a_tiny_fallback(tmp_path, monkeypatch, tiny_root):
+    """The default model folder exists but its DiT weights are truncated: an error naming the file, no noise video."""
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", str(tmp_path / "models"))
+    weights = _copy_tiny(tmp_path, tiny_root) / "diffusion_transformer_384p" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors.*truncated"):
+        cli.main(["x", "--temp", "1", "--width", "64", "--height", "64", "--output", str(tmp_path / "x.mp4")])
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_an_incomplete_model_folder_is_an_error_not_a_tiny_fallback(tmp_path, monkeypatch, tiny_root):
+    import shutil
+
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", str(tmp_path / "models"))
+    shutil.rmtree(_copy_tiny(tmp_path, tiny_root) / "causal_video_vae")
+    with pytest.raises(CheckpointError, match="(?s)incomplete. Missing.*causal_video_vae"):
+        cli.main(["x", "--temp", "1", "--width", "64", "--height", "64", "--output", str(tmp_path / "x.mp4")])
+
+
+def _run(tmp_path, *args):
+    return cli.main(["a red panda", "--tiny", "--width", "128", "--height", "64", "--steps", "1", "--video-steps", "1",
+                     *args])
+
+
+def test_decode_and_encode_show_progress(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", str(tmp_path / "models"))
+    _run(tmp_path, "--temp", "3", "--output", str(tmp_path / "a.mp4"))
+    err = capsys.readouterr().err
+    assert "sampling" in err and "decoding" in err and "100%" in err
+    _run(tmp_path, "--extend", str(tmp_path / "a.mp4"), "--temp", "1", "--output", str(tmp_path / "b.mp4"))
+    assert "encoding" in capsys.readouterr().err
+
+
+def test_extending_a_saved_latent_equals_one_longer_run(tmp_path, monkeypatch):
+    """--save-latent, then --extend with it (the seed is stored): the latents of one longer run, exactly."""
+    from pyramid_flow.video_io import load_latents
+
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", str(tmp_path / "models"))
+    _run(tmp_path, "--temp", "4", "--seed", "9", "--output", str(tmp_path / "long.mp4"),
+         "--save-latent", str(tmp_path / "long.safetensors"))
+    _run(tmp_path, "--temp", "2", "--seed", "9", "--output", str(tmp_path / "short"),
+         "--save-latent", str(tmp_path / "short.safetensors"))
+    _run(tmp_path, "--extend", str(tmp_path / "short.safetensors"), "--temp", "2", "--output", str(tmp_path / "more.mp4"),
+         "--save-latent", str(tmp_path / "more.safetensors"))
+    longer, meta = load_latents(str(tmp_path / "long.safetensors"))
+    extended, _ = load_latents(str(tmp_path / "more.safetensors"))
+    assert meta["seed"] == "9" and meta["variant"] == "miniflux" and longer.shape[2] == 4
+    assert torch.equal(extended, longer)  # the same sampler code, keyed noise, float32 files: bit for bit
+    assert len(os.listdir(tmp_path / "short")) == 9
+
+
+def test_extending_an_mp4_and_a_prompt_schedule(tmp_path, monkeypatch):
+    import av
+
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", str(tmp_path / "models"))
+    schedule = tmp_path / "schedule.txt"
+    schedule.write_text("0: a red panda on a log\n0.5: the red panda jumps into the snow\n", encoding="utf-8")
+    _run(tmp_path, "--temp", "3", "--prompt-schedule", str(schedule), "--output", str(tmp_path / "a.mp4"))
+    _run(tmp_path, "--extend", str(tmp_path / "a.mp4"), "--duration", "0.6", "--history-window", "2",
+         "--prompt-schedule", "0: a fox / 0.9: a cat", "--output", str(tmp_path / "b.mp4"))
+    with av.open(str(tmp_path / "b.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 17 + 16  # 17 given + 2 latent frames of 8
+
+
+def test_a_30_second_384p_video_with_a_history_window(tmp_path, monkeypatch):
+    """Beyond the trained 10 s with a bounded history: the whole video is written (tiny model, one step)."""
+    import av
+
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", str(tmp_path / "models"))
+    output = tmp_path / "long.mp4"
+    assert cli.main(["a red panda", "--tiny", "--duration", "30", "--history-window", "8", "--steps", "1",
+                     "--video-steps", "1", "--output", str(output)]) == 0
+    with av.open(str(output)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (640, 384)
+        assert sum(1 for _ in container.decode(stream)) == 721

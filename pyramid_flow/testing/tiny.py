@@ -5,6 +5,7 @@ VAE, sampler, decode, video file. Its output is noise. Weights come from a seede
 identical.
 """
 
+import hashlib
 import json
 import os
 from typing import Dict
@@ -29,7 +30,7 @@ TINY_DIT = {
         "use_gradient_checkpointing": False, "use_temporal_causal": True,
     },
 }
-TINY_VAE_CHANNELS = [8, 16, 16, 16]
+TINY_VAE_CHANNELS = [4, 8, 8, 8]  # small enough that long test videos decode in seconds
 CLIP_SIZES = {"text_encoder": 32, "text_encoder_2": 48}  # CLIP-L, CLIP-G hidden = projection sizes
 T5_SIZE = 32
 COMPLETE_MARKER = ".tiny_complete"
@@ -41,11 +42,11 @@ def _vae_config() -> dict:
         "_class_name": "CausalVideoVAE", "add_post_quant_conv": True, "downsample_scale": 8, "interpolate": False,
         "sample_size": 256, "scaling_factor": 0.13025,
         "encoder_in_channels": 3, "encoder_out_channels": 16, "encoder_double_z": True,
-        "encoder_layers_per_block": [2, 2, 2, 2], "encoder_block_out_channels": TINY_VAE_CHANNELS,
+        "encoder_layers_per_block": [1, 1, 1, 1], "encoder_block_out_channels": TINY_VAE_CHANNELS,
         "encoder_down_block_types": ["DownEncoderBlockCausal3D"] * 4, "encoder_spatial_down_sample": flags,
         "encoder_temporal_down_sample": flags, "encoder_norm_num_groups": 4, "encoder_act_fn": "silu",
         "encoder_block_dropout": [0.0] * 4, "encoder_type": "causal_vae_conv",
-        "decoder_in_channels": 16, "decoder_out_channels": 3, "decoder_layers_per_block": [3, 3, 3, 3],
+        "decoder_in_channels": 16, "decoder_out_channels": 3, "decoder_layers_per_block": [1, 1, 1, 1],
         "decoder_block_out_channels": TINY_VAE_CHANNELS, "decoder_up_block_types": ["UpDecoderBlockCausal3D"] * 4,
         "decoder_spatial_up_sample": flags, "decoder_temporal_up_sample": flags, "decoder_norm_num_groups": 4,
         "decoder_act_fn": "silu", "decoder_block_dropout": [0.0] * 4, "decoder_type": "causal_vae_conv",
@@ -149,16 +150,23 @@ def _write_transformers_model(folder: str, config, generator: torch.Generator) -
     save_file(state_dict, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
 
 
+def _fingerprint(variant: str, seed: int) -> str:
+    """What the checkpoint is made from: a folder written from other configs is rebuilt."""
+    settings = [TINY_DIT[variant], _vae_config(), CLIP_SIZES, T5_SIZE, seed]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
 def build_tiny_checkpoint(root: str, variant: str = "miniflux", dit_folder: str = "diffusion_transformer_384p", seed: int = 0) -> str:
     """Write (once) a tiny random-weight checkpoint of ``variant`` under ``root``; returns ``root``."""
+    variant = get_variant(variant).name
     marker = os.path.join(root, dit_folder, COMPLETE_MARKER)
-    if os.path.isfile(marker):
+    fingerprint = _fingerprint(variant, seed)
+    if os.path.isfile(marker) and open(marker, encoding="utf-8").read() == fingerprint:
         return root
     from ..dit import DIT_CLASSES
     from ..vae import CausalVideoVAE
 
     generator = torch.Generator().manual_seed(seed)
-    variant = get_variant(variant).name
     dit_config, dit_class = TINY_DIT[variant], DIT_CLASSES[variant]
     with torch.device("meta"):
         dit = dit_class(**dit_config)
@@ -166,5 +174,6 @@ def build_tiny_checkpoint(root: str, variant: str = "miniflux", dit_folder: str 
     _write_component(os.path.join(root, dit_folder), dit_config, dit, generator, "diffusion_pytorch_model.safetensors")
     _write_component(os.path.join(root, "causal_video_vae"), _vae_config(), vae, generator, "diffusion_pytorch_model.safetensors")
     _write_text_encoders(root, variant, generator)
-    open(marker, "w").close()
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write(fingerprint)
     return root
