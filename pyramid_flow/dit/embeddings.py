@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 
 def timestep_sinusoid(timestep: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """[B] timesteps on the 0-1000 scale -> [B, dim] float32, ordered [cos | sin] (reference §2.1)."""
+    """[B] timesteps on the 0-1000 scale -> [B, dim] float32, ordered [cos | sin] (official
+    ``get_timestep_embedding`` with flip_sin_to_cos and shift 0)."""
     half = dim // 2
     exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timestep.device)
     freqs = torch.exp(exponent / half)  # [half], shift 0
@@ -55,7 +56,8 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
 
 
 def sincos_2d_table(dim: int, grid_size: int, base_size: int) -> torch.Tensor:
-    """The SD3 spatial table ``pos_embed.pos_embed``: [1, grid*grid, dim] float32 (reference §2.2).
+    """The SD3 spatial table ``pos_embed.pos_embed``: [1, grid*grid, dim] float32 (official
+    ``mmdit_modules/modeling_embedding.py: get_2d_sincos_pos_embed``).
 
     Coordinates are arange(grid) / (grid / base_size) in float32; the first dim/2 channels encode the
     w coordinate and the last dim/2 the h coordinate (row-major h, w token order).
@@ -70,7 +72,7 @@ def crop_sincos(table: torch.Tensor, grid_size: int, size: Tuple[int, int], crop
     """Center crop ``crop`` (h, w tokens) of the [1, grid*grid, D] table, resized to ``size`` if smaller.
 
     Returns [1, h*w, D] float32. The crop follows the current clip; history clips get the bilinear
-    resize of that crop (``interp_condition_pos``, reference §2.2).
+    resize of that crop (``interp_condition_pos``; official ``PatchEmbed3D.cropped_pos_embed``).
     """
     top, left = (grid_size - crop[0]) // 2, (grid_size - crop[1]) // 2
     grid = table.float().reshape(1, grid_size, grid_size, -1)  # [1, grid, grid, D]
@@ -82,7 +84,7 @@ def crop_sincos(table: torch.Tensor, grid_size: int, size: Tuple[int, int], crop
 
 
 def rope_cos_sin(positions: torch.Tensor, axes_dims: Sequence[int], theta: float = 10000.0):
-    """[L, n] positions -> (cos, sin), each [L, sum(axes_dims)/2] float32 (reference §2.1).
+    """[L, n] positions -> (cos, sin), each [L, sum(axes_dims)/2] float32 (official ``modeling_pyramid_flux.py: rope``).
 
     Axis i fills ``axes_dims[i] / 2`` consecutive rotation pairs. Angles are formed in float64, as the
     official einsum promotes them, and only cos/sin are rounded to float32.

@@ -1,4 +1,5 @@
-"""The miniFLUX Pyramid Flow DiT (official ``PyramidFluxTransformer``, reference §2.3).
+"""The miniFLUX Pyramid Flow DiT (official ``pyramid_dit/flux_modules/modeling_pyramid_flux.py:
+PyramidFluxTransformer``).
 
 Shapes: B batch, C latent channels, Lt text tokens, N image tokens, D model width.
 """
@@ -15,7 +16,7 @@ from .layers import AdaLayerNormZeroSingle, JointTransformerBlock, SelfAttention
 from .sequence import flux_position_ids, patchify
 
 FLUX_PATCH_SIZE = 2  # the official model hard-codes 2; config.json's patch_size (1) is not used
-FLUX_ROPE_AXES = [16, 24, 24]  # forced by the official loader whatever config.json says (reference §1.3)
+FLUX_ROPE_AXES = [16, 24, 24]  # forced by the official build_pyramid_dit whatever config.json says
 
 
 class FluxSingleTransformerBlock(nn.Module):

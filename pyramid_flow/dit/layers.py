@@ -1,7 +1,7 @@
 """Blocks shared by both Pyramid Flow DiTs: norms, AdaLN modulation, feed-forward, joint attention.
 
 Shapes: B batch, L tokens (text Lt + image N), D model width, H heads, d head dim.
-Module and parameter names equal the official checkpoint keys (reference §1.6).
+Module and parameter names equal the official checkpoint keys (diffusers ``save_pretrained`` names).
 Norms compute in float32 and return the activation dtype, as the official bf16 autocast run does.
 """
 
@@ -26,7 +26,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Trap 23: normalise in fp32, cast to the activation dtype, then multiply by the scale.
+        # As the official RMSNorm: normalise in fp32, cast to the activation dtype, then multiply by the scale.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return xf.to(x.dtype) * self.weight.to(device=x.device, dtype=x.dtype)
@@ -73,7 +73,8 @@ class AdaLayerNormZeroSingle(AdaLayerNorm):
 
 
 class AdaLayerNormContinuous(AdaLayerNorm):
-    """2 chunks in the order (scale, shift) - reversed with respect to the zero variants (trap 9)."""
+    """2 chunks in the order (scale, shift) - reversed with respect to the zero variants (official
+    ``modeling_normalization.py: AdaLayerNormContinuous``)."""
 
     def __init__(self, dim: int, dtype=None, device=None, operations=None):
         super().__init__(dim, 2, dtype=dtype, device=device, operations=operations)

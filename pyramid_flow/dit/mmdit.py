@@ -1,4 +1,5 @@
-"""The SD3-based Pyramid Flow DiT (official ``PyramidDiffusionMMDiT``, reference §2.2).
+"""The SD3-based Pyramid Flow DiT (official ``pyramid_dit/mmdit_modules/modeling_pyramid_mmdit.py:
+PyramidDiffusionMMDiT``).
 
 Shapes: B batch, C latent channels, t/h/w clip size in latent pixels, N image tokens, D model width.
 """
@@ -48,7 +49,7 @@ class PatchEmbed(nn.Module):
         x = self.proj(rearrange(clip, "b c t h w -> (b t) c h w"))  # [B*t, D, h, w]
         x = x.flatten(2).transpose(1, 2)  # [B*t, h*w, D]
         pos = crop_sincos(self.pos_embed, self.grid_size, (h, w), crop if self.interp_condition_pos else (h, w))
-        x = (x.float() + pos.to(x.device)).to(x.dtype)  # added in fp32 (reference §2.2)
+        x = (x.float() + pos.to(x.device)).to(x.dtype)  # added in fp32, as the official PatchEmbed3D
         return rearrange(x, "(b t) n d -> b (t n) d", t=t)
 
     def forward(self, clips: List[torch.Tensor]) -> torch.Tensor:
@@ -104,7 +105,7 @@ class PyramidMMDiT(PyramidDiT):
             dim, pooled_projection_dim, joint_attention_dim, in_channels, patch_size, use_temporal_causal,
             dtype=dtype, device=device, operations=operations,
         )
-        self.rope_axes = [attention_head_dim]  # temporal only (temp_pos_embed_type='rope', reference §1.3)
+        self.rope_axes = [attention_head_dim]  # temporal only (build_pyramid_dit passes temp_pos_embed_type='rope')
         self.pos_embed = PatchEmbed(
             in_channels, dim, patch_size, pos_embed_max_size, sample_size // patch_size, interp_condition_pos,
             dtype=dtype, device=device, operations=operations,

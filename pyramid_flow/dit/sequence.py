@@ -2,7 +2,7 @@
 
 A DiT call sees ``clips`` = [history..., current], each [B, C, t, h, w] in latent pixels; clips may differ in
 spatial size. Tokens are 2x2 patches in (t, h, w) raster order, clips concatenated oldest first, and the
-attention sequence is [text (Lt tokens); image (N tokens)] (reference §2.1).
+attention sequence is [text (Lt tokens); image (N tokens)] (official ``merge_input`` of both DiTs).
 """
 
 from dataclasses import dataclass
@@ -22,7 +22,8 @@ def token_grid(clip: torch.Tensor, patch_size: int):
 
 
 def patchify(clip: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[B, C, t, h*p, w*p] -> [B, t*h*w, p*p*C], features in (p1, p2, c) order (trap 10)."""
+    """[B, C, t, h*p, w*p] -> [B, t*h*w, p*p*C], features in (p1, p2, c) order (the official order; diffusers' Flux
+    packs (c, p1, p2))."""
     return rearrange(clip, "b c t (h p1) (w p2) -> b (t h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
 
 
@@ -46,7 +47,7 @@ def interpolated_positions(size: int, full: int) -> torch.Tensor:
     """Token positions of a clip axis of ``size`` tokens on the current clip's ``full``-token axis.
 
     A smaller history clip gets the 1-D linear resize of arange(full) (0.5, 2.5, ... for half size): the
-    centres of the full-resolution blocks it covers (reference §2.3).
+    centres of the full-resolution blocks it covers (official ``PyramidFluxTransformer._prepare_pyramid_image_ids``).
     """
     positions = torch.arange(full, dtype=torch.float32)
     if size == full:

@@ -1,4 +1,4 @@
-"""The Pyramid Flow causal video VAE (reference §3): ``CausalVideoVAE``, its loader and decode presets."""
+"""The Pyramid Flow causal video VAE: ``CausalVideoVAE``, its loader and decode presets."""
 
 from .layers import CausalCache
 from .loading import load_vae

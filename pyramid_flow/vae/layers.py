@@ -1,4 +1,5 @@
-"""Building blocks of the causal video VAE (reference §3.2), with an explicit causal cache.
+"""Building blocks of the causal video VAE (official ``video_vae/modeling_causal_conv.py``, ``modeling_resnet.py``,
+``modeling_block.py``), with an explicit causal cache.
 
 Shapes: B batch, C channels, T frames, H/W height and width. Every video tensor is [B, C, T, H, W], held in the
 ``channels_last_3d`` layout (physically [B, T, H, W, C]): then every frame is one contiguous block, so the
@@ -8,10 +9,11 @@ transposing copies that the [B, C, T, H, W] layout needs around each of them.
 Causality: each CausalConv3d pads its input with k_t - 1 = 2 zero frames in front, so a frame only sees itself
 and the past. To process a long video in temporal chunks, a :class:`CausalCache` carries the last frames of every
 conv's padded input from one chunk into the next in place of the zero padding; the chunked result then equals
-the one-shot result (reference §3.4). ``cache=None`` means one shot.
+the one-shot result (official ``CausalVideoVAE.chunk_decode``). ``cache=None`` means one shot.
 
 Precision: GroupNorm and the SiLU after it run in float32 and are cast once to the activation dtype, as under
-the official bf16 autocast (reference §4.7). GroupNorm weights are therefore stored in float32 (a few KB).
+the official bf16 autocast (under which group_norm runs in float32). GroupNorm weights are therefore stored in
+float32 (a few KB).
 """
 
 from typing import Dict, Optional
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from ..attention import attention
 
-NORM_EPS = 1e-6  # every GroupNorm of the VAE (reference §6.8)
+NORM_EPS = 1e-6  # every GroupNorm of the VAE (official CausalGroupNorm with eps 1e-6)
 LAYOUT = torch.channels_last_3d
 
 
@@ -67,7 +69,7 @@ def is_first_chunk(cache: Optional[CausalCache]) -> bool:
 
 
 def norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """SiLU(GroupNorm(x)) of every frame on its own (the official CausalGroupNorm, reference §3.2).
+    """SiLU(GroupNorm(x)) of every frame on its own (official ``modeling_causal_conv.py: CausalGroupNorm``).
 
     x [B, C, T, H, W] -> same shape, dtype and layout; statistics per (batch, frame, group), computed in float32.
     """
@@ -80,7 +82,8 @@ class CausalConv3d(nn.Module):
 
     The first chunk (or a one-shot call) is padded with zero frames. A later chunk is preceded by the cached
     frames instead: 2 for a stride-1 conv, 1 for the stride-2 temporal downsampler, as the official cache does
-    (reference §3.4). The spatial padding is the convolution's own, so only the few front frames are copied in.
+    (official ``CausalConv3d.forward`` with ``temporal_chunk``). The spatial padding is the convolution's own, so
+    only the few front frames are copied in.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride=1, bias: bool = True,
@@ -139,7 +142,8 @@ class CausalUpsample(nn.Module):
     """A 3³ causal conv to 4C (spatial) or 2C (temporal) channels, then depth-to-space.
 
     Channels split as (c, pt, ph, pw); frames interleave as (t, pt). A temporal upsample maps T -> 2T, and drops
-    its first output frame on the first chunk, so T latent frames grow to 2T - 1 (reference §3.2).
+    its first output frame on the first chunk, so T latent frames grow to 2T - 1 (official
+    ``CausalTemporalUpsample2x`` with ``is_init_image``).
     """
 
     def __init__(self, channels: int, temporal: bool, dtype=None, device=None, operations=None):

@@ -16,7 +16,7 @@ from ..loading.state_dict import CheckpointError, Reader, StateDict, WeightSourc
 from .model import CausalVideoVAE
 
 KEY_PREFIXES = ("vae.", "first_stage_model.")
-OFFICIAL_NORM_GROUPS = 32  # reference §1.4; GroupNorm weights do not tell the group count
+OFFICIAL_NORM_GROUPS = 32  # norm_num_groups of the official causal_video_vae/config.json; weights do not tell it
 
 
 def _indices(state_dict: StateDict, prefix: str) -> List[int]:
@@ -26,7 +26,7 @@ def _indices(state_dict: StateDict, prefix: str) -> List[int]:
 
 
 def infer_config(state_dict: StateDict, path: str) -> Dict:
-    """The official config (reference §1.4) with every size that the tensor shapes reveal."""
+    """The official causal_video_vae/config.json, with every size that the tensor shapes reveal."""
     sd = state_dict
     try:
         down, up = _indices(sd, "encoder.down_blocks."), _indices(sd, "decoder.up_blocks.")

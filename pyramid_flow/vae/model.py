@@ -1,7 +1,8 @@
-"""The Pyramid Flow causal video VAE: encoder, decoder, chunked and tiled encode/decode (reference §3).
+"""The Pyramid Flow causal video VAE: encoder, decoder, chunked and tiled encode/decode (official
+``video_vae/modeling_causal_vae.py: CausalVideoVAE``).
 
 Shapes: B batch, T pixel frames, H/W pixel height and width; latents are [B, 16, T', H/8, W/8] with
-T = 8 (T' - 1) + 1 (the first frame is compressed on its own, reference §3.1).
+T = 8 (T' - 1) + 1: the first frame is compressed on its own, each causal stride-2 conv maps T -> (T - 1) // 2 + 1.
 """
 
 from dataclasses import dataclass
@@ -201,7 +202,8 @@ class CausalVideoVAE(nn.Module):
         a first chunk of window_size + 1 latent frames, carrying the causal cache (the official default, 16 video
         frames, is window_size 2; same result up to float rounding, less memory). tile_sample_min_size: None for
         no spatial tiling; otherwise tiles of that many pixels when H or W exceeds it (official default 256;
-        changes the result, reference §3.5). callback(done, total) runs after each encoded piece.
+        changes the result: GroupNorm statistics depend on the tile). callback(done, total) runs after each encoded
+        piece.
         """
         if video.dim() != 5:
             raise ValueError(f"video must be [B, 3, T, H, W]; got shape {tuple(video.shape)}.")

@@ -15,7 +15,8 @@ Run = Callable[[torch.Tensor, Optional[CausalCache]], torch.Tensor]  # run(piece
 
 
 def temporal_chunks(frames: int, window_size: int) -> List[slice]:
-    """The official chunking (reference §3.4): a first chunk of window_size + 1 frames, then window_size each
+    """The official chunking (``CausalVideoVAE.chunk_decode`` / ``chunk_encode``): a first chunk of window_size + 1
+    frames, then window_size each
     (the last one shorter)."""
     bounds = [0, *range(window_size + 1, frames, window_size), frames]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]

@@ -1,4 +1,5 @@
-"""The official spatial tiling of the causal VAE: where tiles start, how they are blended and cropped (§3.5).
+"""The official spatial tiling of the causal VAE: where tiles start, how they are blended and cropped (official
+``CausalVideoVAE.tiled_decode`` / ``tiled_encode`` with ``blend_v`` / ``blend_h``).
 
 Tiling is not numerically neutral (GroupNorm statistics depend on the tile), so the arithmetic is the official
 one to the integer:
@@ -90,12 +91,22 @@ def tile_grid(height: int, width: int, tile: int, out_tile: int, tile_overlap: f
 
 def blend_(prev: torch.Tensor, tile: torch.Tensor, extent: int, dim: int) -> None:
     """Ramp the first ``extent`` rows (dim 3) or columns (dim 4) of ``tile`` from the last ones of ``prev``, in
-    place: tile[k] = prev[k - extent] * (1 - k / extent) + tile[k] * (k / extent), one row at a time in the
-    tile's dtype, as the official blend_v / blend_h."""
+    place: tile[k] = prev[k - extent] * (1 - k / extent) + tile[k] * (k / extent), the official blend_v / blend_h
+    done for all rows in one pass. The weights are the official float64 ramps rounded once to float32 (what a
+    Python scalar becomes in a float32 product), so float32 tiles get the official numbers; lower precisions
+    blend in float32 and round once."""
     extent = min(prev.shape[dim], tile.shape[dim], extent)
-    for k in range(extent):
-        row = tile.select(dim, k)
-        row.copy_(prev.select(dim, prev.shape[dim] - extent + k) * (1 - k / extent) + row * (k / extent))
+    if extent == 0:
+        return
+    shape = [1] * tile.dim()
+    shape[dim] = extent
+    ramp = torch.tensor([k / extent for k in range(extent)], dtype=torch.float64)
+    keep = (1 - ramp).to(torch.float32).view(shape).to(tile.device)
+    take = ramp.to(torch.float32).view(shape).to(tile.device)
+    head = tile.narrow(dim, 0, extent)
+    compute = torch.float32 if tile.dtype.itemsize < 4 else tile.dtype
+    blended = prev.narrow(dim, prev.shape[dim] - extent, extent).to(compute) * keep + head.to(compute) * take
+    head.copy_(blended)
 
 
 class TileAssembler:
