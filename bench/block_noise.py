@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from pyramid_flow.noise import OFFICIAL_BLOCK_FACTOR, NoiseSource, OfficialNoise
+from pyramid_flow.noise import OFFICIAL_BLOCK_FACTOR, OfficialNoise, SeededNoise
 
 CPU = torch.device("cpu")
 SHAPES = {  # one unit's stage-1 and stage-2 transitions at 1280x768 (latent 96x160)
@@ -38,8 +38,8 @@ def main() -> None:
     for name, shape in SHAPES.items():
         blocks = shape[1] * (shape[3] // 2) * (shape[4] // 2)
         loop = best_of(lambda: per_block_loop(shape), 2)
-        official = best_of(lambda: OfficialNoise(0).block_noise(shape, CPU, torch.float32), 3)
-        vectorised = best_of(lambda: NoiseSource(0).block_noise(shape, CPU, torch.float32), 5)
+        official = best_of(lambda: OfficialNoise(0).block_noise(shape, 1, 2, CPU, torch.float32), 3)
+        vectorised = best_of(lambda: SeededNoise(0).block_noise(shape, 1, 2, CPU, torch.float32), 5)
         print(f"| {name} | {blocks} | {loop * 1000:.0f} ms | {official * 1000:.0f} ms | {vectorised * 1000:.2f} ms | {loop / vectorised:.0f}x |")
 
 

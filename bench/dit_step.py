@@ -47,8 +47,8 @@ def measure(unit: int, dense: bool) -> dict:
     generator = torch.Generator().manual_seed(0)
     dit = PyramidFluxDiT(**CONFIG).eval()
     h, w = HEIGHT // 8, WIDTH // 8
-    frames = [torch.randn(1, 16, 1, h, w, generator=generator) for _ in range(unit)]
-    clips = [torch.cat([c] * 2) for c in history_clips(frames)[2]] + [torch.randn(2, 16, 1, h, w, generator=generator)]
+    frames = torch.randn(1, 16, unit, h, w, generator=generator)
+    clips = [torch.cat([c] * 2) for c in history_clips(frames, 3)[2]] + [torch.randn(2, 16, 1, h, w, generator=generator)]
     context = torch.randn(2, 128, CONFIG["joint_attention_dim"], generator=generator)
     mask = torch.zeros(2, 128, dtype=torch.int64)
     mask[:, :20] = 1

@@ -72,8 +72,13 @@ def pad_embeddings(hidden: torch.Tensor, n: int, length: int = TEXT_TOKENS) -> T
 
 
 def video_to_image(video: torch.Tensor) -> torch.Tensor:
-    """VAE output [B, 3, F, H, W] in ~[-1, 1] -> ComfyUI IMAGE [B*F, H, W, 3] float32 in [0, 1]."""
-    return ((video.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 4, 1).flatten(0, 1)
+    """VAE output [B, 3, F, H, W] in ~[-1, 1] -> ComfyUI IMAGE [B*F, H, W, 3] float32 in [0, 1].
+
+    Works in place on a float32 ``video`` (do not use it afterwards): a long video is gigabytes, so no temporary
+    copies; in the VAE's channels_last_3d layout the final permute is a view.
+    """
+    video = video.float()
+    return video.add_(1.0).div_(2.0).clamp_(0.0, 1.0).permute(0, 2, 3, 4, 1).flatten(0, 1)
 
 
 def image_to_video(image: torch.Tensor) -> torch.Tensor:
@@ -108,10 +113,10 @@ def first_frame_input(image: torch.Tensor, width: int, height: int, mode: str) -
     return image_to_vae_input(resize_to(image[0, ..., :3].cpu(), width, height, mode=mode))
 
 
-def fit_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """IMAGE frames [F, H, W, C] -> VAE input [1, 3, F, height, width] in [-1, 1], each frame resized as the first
-    frame of image-to-video is ('crop': aspect kept, centre-cropped)."""
-    return torch.cat([first_frame_input(images[i : i + 1], width, height, "crop") for i in range(images.shape[0])], dim=2)
+def centre_crop(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """IMAGE frames [F, H, W, C] cut to [F, height, width, C] around their centre (no resampling)."""
+    top, left = (images.shape[1] - height) // 2, (images.shape[2] - width) // 2
+    return images[:, top : top + height, left : left + width]
 
 
 MIN_TILE = 64

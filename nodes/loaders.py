@@ -18,6 +18,9 @@ from .base import PyramidFlowNode
 from .types import ModelSocket, TextEncoderSocket, VAESocket
 
 CATEGORY = "PyramidFlow/loaders"
+FAST_SUFFIX = "_fast"  # fp8 storage plus fp8 matrix multiplication (core UNETLoader's fp8_e4m3fn_fast)
+FP8_CHOICES = [name for name in WEIGHT_DTYPES if name.startswith("fp8")] + (
+    ["fp8_e4m3fn" + FAST_SUFFIX] if "fp8_e4m3fn" in WEIGHT_DTYPES else [])
 DOWNLOAD_TOOLTIP = (
     "Off (default): only local files are used. On: when the selected rain1011/pyramid-flow-* entry is missing, "
     "download just that folder from Hugging Face into models/pyramidflow/ (progress shown on the node)."
@@ -45,11 +48,11 @@ class PyramidFlowVideoModelLoader(PyramidFlowNode):
                     "A diffusion_transformer_384p/768p/image folder under models/pyramidflow/<repo>/ (official "
                     "Hugging Face layout) or a single-file DiT in models/diffusion_models/. SD3 or miniFLUX is "
                     "detected from the weights.")),
-                io.Combo.Input("weight_dtype", options=["bf16", "fp32", *[n for n in WEIGHT_DTYPES if n.startswith("fp8")]],
-                               default="bf16", tooltip=(
+                io.Combo.Input("weight_dtype", options=["bf16", "fp32", *FP8_CHOICES], default="bf16", tooltip=(
                     "Storage dtype of the weights. bf16 is what the model was trained in; fp32 is for GPUs without "
-                    "bf16 (2x memory); fp8 halves memory (computed in bf16) at a visible quality cost. fp16 is not "
-                    "offered: it produces black or NaN videos.")),
+                    "bf16 (2x memory); fp8 halves the DiT's memory (computed in bf16) at a visible quality cost; "
+                    "fp8_e4m3fn_fast also multiplies in fp8 on GPUs that can (RTX 40xx, H100), faster, lower quality. "
+                    "fp16 is not offered: it produces black or NaN videos.")),
                 _download_input(),
             ],
             outputs=[ModelSocket.Output(display_name="model", tooltip=(
@@ -59,15 +62,17 @@ class PyramidFlowVideoModelLoader(PyramidFlowNode):
     @classmethod
     def process(cls, model: str, weight_dtype: str, download_if_missing: bool = False) -> io.NodeOutput:
         path = models.resolve(model, "diffusion_models", download_if_missing, "DiT", "dit")
-        if weight_dtype not in WEIGHT_DTYPES:
+        fp8_matmul = weight_dtype.endswith(FAST_SUFFIX)
+        weight = WEIGHT_DTYPES.get(weight_dtype.removesuffix(FAST_SUFFIX))
+        if weight is None:
             raise ValueError(f"weight_dtype '{weight_dtype}' is not supported by this PyTorch build.")
-        weight = WEIGHT_DTYPES[weight_dtype]
         load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
         compute = compute_dtype(weight)
         if compute == torch.bfloat16 and not mm.should_use_bf16(load_device) and not mm.is_device_cpu(load_device):
             compute = torch.float32
+        operations = models.dit_operations(weight, compute, load_device, fp8_matmul)
         try:
-            dit, info = load_dit(path, dtype=weight, device=offload, operations=models.dit_operations(weight, compute))
+            dit, info = load_dit(path, dtype=weight, device=offload, operations=operations)
         except (CheckpointError, KeyError) as err:
             raise _not_a("DiT", model, err, "Pick a diffusion_transformer_* folder or a Pyramid Flow DiT "
                          ".safetensors file (not a VAE, text encoder or another model's checkpoint).") from err

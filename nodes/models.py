@@ -16,6 +16,7 @@ import comfy.ops
 import comfy.utils
 import folder_paths
 
+from ..pyramid_flow.attention import set_attention_function
 from ..pyramid_flow.loading import hub
 from ..pyramid_flow.loading.state_dict import WEIGHT_EXTENSIONS, WEIGHT_FILE_NAMES
 from ..pyramid_flow.variants import VARIANTS, Variant
@@ -160,11 +161,25 @@ def make_patcher(module: torch.nn.Module, load_device, offload_device):
     return patcher_class(module, load_device=load_device, offload_device=offload_device)
 
 
-def dit_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype):
-    """comfy.ops namespace: plain no-init layers when storage = compute dtype, casting layers otherwise (fp8)."""
-    if weight_dtype == compute_dtype:
-        return comfy.ops.disable_weight_init
-    return comfy.ops.manual_cast
+def use_comfy_attention() -> None:
+    """Route the DiT's attention through ComfyUI's ``optimized_attention``, so --use-sage-attention,
+    --use-flash-attention and xformers take effect. Only ComfyUI's SDPA backend gets the key-padding mask; the others
+    are never given one (they ignore it or fall back to SDPA): the DiT splits those calls so that none needs it."""
+    import comfy.ldm.modules.attention as comfy_attention
+
+    backend = comfy_attention.optimized_attention
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
+        return backend(q, k, v, q.shape[1], mask=mask, skip_reshape=True, skip_output_reshape=True)
+
+    set_attention_function(attend, supports_mask=backend is comfy_attention.attention_pytorch)
+
+
+def dit_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype, load_device, fp8_matmul: bool):
+    """The comfy.ops namespace core models get for these dtypes (``comfy.ops.pick_operations``): no-init layers when
+    storage = compute dtype, casting layers for fp8 storage, fp8 matrix multiplication where the device has it and
+    ``fp8_matmul`` (or ComfyUI's ``--fast``) asks for it."""
+    return comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device, fp8_optimizations=fp8_matmul)
 
 
 def free_after_interrupt() -> None:

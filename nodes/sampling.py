@@ -20,7 +20,7 @@ from ..pyramid_flow.text import TextEmbeddings
 from ..pyramid_flow.variants import VARIANTS, get_variant
 from . import models
 from .base import PyramidFlowNode
-from .common import MAX_SECONDS, MAX_SIZE, check_image, check_size, describe_duration, fit_frames
+from .common import MAX_SECONDS, MAX_SIZE, centre_crop, check_image, check_size, describe_duration, image_to_video
 from .conditioning import conditioning_to_embeddings, conditioning_to_schedule, conditioning_variant
 from .latent import encode_with_retry, latent_5d, normalized_latent
 from .types import MOMENTS_KEY, NORMALIZED_KEY, SEED_KEY, VARIANT_KEY, ModelSocket, VAESocket
@@ -98,6 +98,7 @@ def run_sampler(model, run: Callable[[PyramidSampler], torch.Tensor], *, height:
     history = min(num_units - 1, history_window or num_units)
     tokens = max_sequence_length(height, width, history)
     mm.load_models_gpu([model], memory_required=dit_activation_bytes(wrapper, 2 if guidance_scale > 0 else 1, tokens, compute))
+    models.use_comfy_attention()
     device = model.load_device
     scheduler = PyramidFlowScheduler()
     source = make_noise(noise, seed, gamma=scheduler.gamma, device=device)
@@ -352,7 +353,8 @@ def _history(video: Optional[dict], images: Optional[torch.Tensor], vae, variant
                    f"(centre-cropped from {images.shape[2]}x{images.shape[1]}).")
         log.info("Pyramid Flow Extend: %s", message)
         send_text(node_id, message)
-    moments = encode_with_retry(vae, fit_frames(images[:frames], width, height), 256, 2, "Extend encode")
+    video = image_to_video(centre_crop(images[:frames], width, height))
+    moments = encode_with_retry(vae, video, 256, 2, "Extend encode")
     return latent_utils.normalize(moments[:, : moments.shape[1] // 2].float(), get_variant(variant_name))
 
 

@@ -178,6 +178,7 @@ def test_extending_an_mp4_and_a_prompt_schedule(tmp_path, monkeypatch):
         assert sum(1 for _ in container.decode(video=0)) == 17 + 16  # 17 given + 2 latent frames of 8
 
 
+@pytest.mark.long
 def test_a_30_second_384p_video_with_a_history_window(tmp_path, monkeypatch):
     """Beyond the trained 10 s with a bounded history: the whole video is written (tiny model, one step)."""
     import av

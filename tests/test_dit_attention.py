@@ -1,8 +1,10 @@
 """The frame-prefix attention equals the official dense [B, 1, L, L] mask on every real token."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from pyramid_flow.attention import sdpa_attention, set_attention_function
 from pyramid_flow.dit.sequence import joint_attention_mask, masked_attention
 
 
@@ -14,7 +16,24 @@ def official_dense_mask(context_mask: torch.Tensor, times: torch.Tensor) -> torc
     return mask[:, None]
 
 
-def test_prefix_segments_match_the_dense_mask_on_real_tokens():
+@pytest.fixture(params=["masked", "mask-free"])
+def backend(request):
+    """Every attention backend: SDPA with the key mask, or one that takes no mask (sage, flash, xformers in
+    ComfyUI), which the DiT calls per batch row with the padded text keys left out."""
+    calls = []
+
+    def mask_free(q, k, v, mask=None):
+        assert mask is None
+        calls.append(q.shape)
+        return sdpa_attention(q, k, v)
+
+    if request.param == "mask-free":
+        set_attention_function(mask_free, supports_mask=False)
+    yield request.param, calls
+    set_attention_function(None)
+
+
+def test_prefix_segments_match_the_dense_mask_on_real_tokens(backend):
     generator = torch.Generator().manual_seed(0)
     text = 6
     times = torch.cat([torch.zeros(text), torch.tensor([0.0] * 4 + [1.0] * 4 + [2.0] * 16 + [3.0] * 16)])
@@ -28,6 +47,17 @@ def test_prefix_segments_match_the_dense_mask_on_real_tokens():
     real = torch.cat([context_mask.bool(), torch.ones(2, times.shape[0] - text, dtype=torch.bool)], dim=1)
     for b in range(2):
         torch.testing.assert_close(ours[b][:, real[b]], reference[b][:, real[b]], atol=1e-6, rtol=1e-5)
+    name, calls = backend
+    if name == "mask-free":
+        assert len(calls) == 2 * len(mask.segments) and all(shape[0] == 1 for shape in calls)  # per row, no mask
+
+
+def test_prompts_without_padding_need_no_mask(backend):
+    times = torch.cat([torch.zeros(3), torch.tensor([0.0] * 4 + [1.0] * 4)])
+    q, k, v = (torch.randn(2, 2, times.shape[0], 8) for _ in range(3))
+    mask = joint_attention_mask(torch.ones(2, 3, dtype=torch.int64), times)
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=official_dense_mask(torch.ones(2, 3), times))
+    torch.testing.assert_close(masked_attention(q, k, v, mask), dense, atol=1e-6, rtol=1e-5)
 
 
 def test_without_temporal_causality_everything_is_one_segment():

@@ -63,7 +63,7 @@ def test_pad_embeddings():
 
 def test_video_image_round_trip():
     video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
-    image = common.video_to_image(video)
+    image = common.video_to_image(video.clone())
     assert image.shape == (9, 16, 24, 3) and image.min() >= 0 and image.max() <= 1
     assert torch.allclose(common.image_to_video(image), video, atol=1e-6)
 

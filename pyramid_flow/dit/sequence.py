@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..attention import attention
+from ..attention import attention, attention_takes_masks
 
 
 def token_grid(clip: torch.Tensor, patch_size: int):
@@ -80,30 +80,58 @@ class JointMask:
 
     Tokens are sorted by temporal id (text at 0, then frames in order) and a token attends to every token of an
     earlier or equal frame, so the queries of one frame attend to a prefix of the sequence: ``segments`` holds
-    (query start, query end = key end) per frame. ``key_mask`` [B, 1, 1, L] (True = real token) hides padded text
-    from every query. Padded text queries get the same keys as real ones (the official pattern gives them only
-    the padded keys); their values reach no real token, since no real query attends to them, so every output
-    of an image token is unchanged.
+    (query start, query end = key end) per frame. Padded text (the end of each row's ``text_tokens``, after its
+    ``text_lengths[b]`` real ones) is hidden from every query, by ``key_mask`` [B, 1, 1, L] (True = real token)
+    or, for attention backends that take no mask, by leaving those keys out of the call. Padded text queries get
+    the same keys as real ones (the official pattern gives them only the padded keys); their values reach no real
+    token, since no real query attends to them, so every output of an image token is unchanged.
     """
 
     key_mask: torch.Tensor
     segments: List[Tuple[int, int]]
+    text_tokens: int
+    text_lengths: List[int]
+
+    @property
+    def padded(self) -> bool:
+        return any(n < self.text_tokens for n in self.text_lengths)
 
 
 def joint_attention_mask(context_mask: torch.Tensor, times: torch.Tensor, temporal_causal: bool = True) -> JointMask:
-    """context_mask [B, Lt] (1 = real token); times [Lt+N] non-decreasing temporal ids (text at 0)."""
-    batch, length = context_mask.shape[0], times.shape[0]
-    image = torch.ones(batch, length - context_mask.shape[1], dtype=torch.bool, device=context_mask.device)
+    """context_mask [B, Lt] (1 = real token, real tokens first); times [Lt+N] non-decreasing temporal ids (text at
+    0)."""
+    batch, text_tokens, length = context_mask.shape[0], context_mask.shape[1], times.shape[0]
+    image = torch.ones(batch, length - text_tokens, dtype=torch.bool, device=context_mask.device)
     key_mask = torch.cat([context_mask.bool(), image], dim=1)[:, None, None]  # [B, 1, 1, L]
+    text_lengths = context_mask.sum(dim=1).tolist()
     if not temporal_causal:
-        return JointMask(key_mask, [(0, length)])
+        return JointMask(key_mask, [(0, length)], text_tokens, text_lengths)
     ends = torch.unique_consecutive(times, return_counts=True)[1].cumsum(0).tolist()
-    return JointMask(key_mask, list(zip([0] + ends[:-1], ends)))
+    return JointMask(key_mask, list(zip([0] + ends[:-1], ends)), text_tokens, text_lengths)
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask) -> torch.Tensor:
-    """q, k, v [B, H, L, d] -> [B, H, L, d]: each frame's queries against the keys of its prefix."""
-    return torch.cat(
-        [attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask.key_mask[..., :end]) for start, end in mask.segments],
-        dim=2,
-    )
+    """q, k, v [B, H, L, d] -> [B, H, L, d]: each frame's queries against the keys of its prefix.
+
+    Without padded text no mask is needed. Otherwise the key mask hides the padding; a backend that takes no
+    mask is called per batch row instead, with that row's padded text keys left out.
+    """
+    if not mask.padded:
+        return _prefix_attention(q, k, v, mask.segments)
+    if attention_takes_masks():
+        return torch.cat([attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask.key_mask[..., :end])
+                          for start, end in mask.segments], dim=2)
+    rows = []
+    for b, real in enumerate(mask.text_lengths):
+        keep = torch.cat([torch.arange(real), torch.arange(mask.text_tokens, k.shape[2])]).to(k.device)
+        segments = [(start, end - (mask.text_tokens - real)) for start, end in mask.segments]  # ends in kept keys
+        rows.append(_prefix_attention(q[b : b + 1], k[b : b + 1, :, keep], v[b : b + 1, :, keep], segments,
+                                      queries=[(start, end) for start, end in mask.segments]))
+    return torch.cat(rows, dim=0)
+
+
+def _prefix_attention(q, k, v, key_segments, queries=None) -> torch.Tensor:
+    """Mask-free: the queries of each segment (``queries``, default the segments) against keys[:segment end]."""
+    queries = queries or key_segments
+    return torch.cat([attention(q[:, :, qs:qe], k[:, :, :ke], v[:, :, :ke])
+                      for (qs, qe), (_, ke) in zip(queries, key_segments)], dim=2)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import attention
+from ..attention import sdpa_attention
 
 NORM_EPS = 1e-6  # every GroupNorm of the VAE (official CausalGroupNorm with eps 1e-6)
 LAYOUT = torch.channels_last_3d
@@ -183,7 +183,7 @@ class FrameAttention(nn.Module):
         frames = per_frame_view(x)  # [(B T), C, H, W] channels_last: physically [(B T), H, W, C]
         normed = self.group_norm(frames.float()).to(x.dtype).permute(0, 2, 3, 1).reshape(b * t, h * w, c)
         q, k, v = (proj(normed).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # [(B T), 1, L, C]
-        out = self.to_out[0](attention(q, k, v).squeeze(1))  # [(B T), L, C]
+        out = self.to_out[0](sdpa_attention(q, k, v).squeeze(1))  # [(B T), L, C]
         out = out + frames.permute(0, 2, 3, 1).reshape(b * t, h * w, c)  # the residual, the same layout
         return out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # [B, C, T, H, W], channels_last_3d
 

@@ -107,8 +107,27 @@ class PyramidFlowTest_SaveTensors:
         return {"ui": {"tensors": [{"filename": os.path.basename(path)}]}}
 
 
+class PyramidFlowTest_FrameInfo:
+    """Reports an IMAGE batch's shape and value range in the prompt's outputs, without writing a video file (the
+    long-video tests check hundreds of frames, which an mp4 encoder would take minutes to write)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "report"
+    CATEGORY = "_for_testing"
+
+    def report(self, images):
+        return {"ui": {"frame_info": [{"shape": list(images.shape), "min": float(images.min()),
+                                       "max": float(images.max()), "finite": bool(images.isfinite().all())}]}}
+
+
 NODE_CLASS_MAPPINGS = {
     "PyramidFlowTest_TinyDualCLIPLoader": PyramidFlowTest_TinyDualCLIPLoader,
     "PyramidFlowTest_TinyTripleCLIPLoader": PyramidFlowTest_TinyTripleCLIPLoader,
     "PyramidFlowTest_SaveTensors": PyramidFlowTest_SaveTensors,
+    "PyramidFlowTest_FrameInfo": PyramidFlowTest_FrameInfo,
 }
