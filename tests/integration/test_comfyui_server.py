@@ -125,8 +125,9 @@ def test_nodes_equal_pyramid_flow_direct(server, base_dir, variant):
                             video_guidance_scale=TINY["video_guidance_scale"], negative_prompt=NEGATIVE,
                             seed=TINY["seed"], output_type="latent")
     raw = latent_utils.denormalize(latents, pipe.variant)
-    # another process, the same code: a few ulps, not bit equality
-    assert_within_ulps(saved["latent"], raw, name="latent")
+    # another process, and the nodes attend through ComfyUI's optimized_attention (SDPA via comfy.ops) where the
+    # direct call uses torch's SDPA: float rounding that two sampled units carry, not bit equality
+    assert_within_ulps(saved["latent"], raw, ulps=64, name="latent")
     video = pipe.vae.decode(raw, temporal_chunk=True, window_size=1, tile_sample_min_size=256)
     images = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).flatten(0, 1)
     # the node decodes through comfy.ops convolutions (torch picks the kernel), the direct call through
@@ -275,6 +276,7 @@ def test_vae_encode_then_save_and_extend(server, base_dir):
     assert len(frames) == 9
 
 
+@pytest.mark.long
 def test_long_videos_with_a_history_window(server):
     """30 s at 384p and 20 s at 768p (tiny models, one step per stage): beyond the trained 10 s, with a bounded
     history; every frame is decoded (reported by a test node instead of an mp4 encoder, which would take minutes)."""
