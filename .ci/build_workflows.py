@@ -64,11 +64,16 @@ def hf_file(repo: str, path: str) -> str:
     return f"{HF}/{repo}/resolve/main/{path}"
 
 
+# Folders the repositories ship as a pickled .bin rather than safetensors (the loaders read both).
+BIN_FOLDERS = {("pyramid-flow-miniflux", "causal_video_vae")}
+
+
 def folder_models(repo_folder: str, component: str):
     """properties.models for a component folder of rain1011/<repo> (config + weights)."""
     directory = f"pyramidflow/{repo_folder}/{component}"
+    weights = "diffusion_pytorch_model." + ("bin" if (repo_folder, component) in BIN_FOLDERS else "safetensors")
     return [{"name": name, "url": hf_file(f"rain1011/{repo_folder}", f"{component}/{name}"), "directory": directory}
-            for name in ("config.json", "diffusion_pytorch_model.safetensors")]
+            for name in ("config.json", weights)]
 
 
 class Graph:
