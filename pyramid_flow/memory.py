@@ -1,0 +1,374 @@
+"""Peak inference memory of the DiT and the VAE: the bytes a call needs beyond the weights.
+
+What ComfyUI's ``load_models_gpu(memory_required=...)`` asks for (it accounts the weights itself). Every estimate
+is the sum of the tensors alive at the fullest moment of a call, counted from the code of the blocks, so it
+follows their shapes exactly and holds for any size; ``docs/memory.md`` lists what is alive where, and
+``tests/test_memory.py`` compares the estimates with torch's MemTracker on the real-size models.
+
+Not counted: kernel workspaces (cuDNN convolution, attention kernels), the caching allocator's slack, and inputs
+of a few MB (latents, text). Attention is assumed to run without an L x L score matrix (SDPA's flash or
+memory-efficient kernels; :func:`~pyramid_flow.dit.sequence.masked_attention` runs each frame against its prefix).
+
+Shapes: B batch, D DiT width, Lt text tokens, N image tokens, L = Lt + N; C channels, T frames, P pixels per frame.
+"""
+
+from dataclasses import dataclass
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from .latents import LATENT_CHANNELS, SPATIAL_SCALE, TEMPORAL_SCALE, frames_for_temp
+from .sampler import max_sequence_length, window_frames
+from .text.embeddings import TEXT_TOKENS
+from .vae.tiling import tile_grid
+
+FLOAT32 = 4  # bytes; norms, RoPE and the SD3 position table compute in float32 whatever the activation dtype
+STAGES = 3  # pyramid stages of the released models
+
+
+def upcast_bytes(itemsize: int) -> int:
+    """Bytes per element of the float32 copy that ``x.float()`` makes of a lower-precision tensor (none of a
+    float32 one, where it returns the tensor itself)."""
+    return FLOAT32 if itemsize < FLOAT32 else 0
+
+
+# --- DiT -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiTShape:
+    """What the activation memory of a Pyramid Flow DiT depends on."""
+
+    width: int  # D = heads * head dim
+    single_blocks: bool  # miniFLUX's single-stream blocks (a 4D-wide MLP beside the attention)
+    position_table: int  # elements of SD3's sincos table, upcast to float32 at every call (0: miniFLUX)
+    patch_size: int = 2
+
+    @classmethod
+    def from_config(cls, variant: str, config: Mapping) -> "DiTShape":
+        """From an official ``config.json`` (reference §1.3); ``variant`` is "sd3" or "miniflux"."""
+        width = config.get("num_attention_heads", 24 if variant == "sd3" else 30) * config.get("attention_head_dim", 64)
+        if variant == "sd3":
+            return cls(width, False, config.get("pos_embed_max_size", 192) ** 2 * width, config.get("patch_size", 2))
+        if variant == "miniflux":
+            return cls(width, config.get("num_single_layers", 16) > 0, 0)
+        raise ValueError(f"Unknown DiT variant {variant!r}: expected 'sd3' or 'miniflux'.")
+
+    @classmethod
+    def of_model(cls, dit: torch.nn.Module) -> "DiTShape":
+        """From a built :class:`~pyramid_flow.dit.PyramidDiT` (either variant)."""
+        table = getattr(getattr(dit, "pos_embed", None), "pos_embed", None)
+        return cls(dit.context_embedder.out_features, len(getattr(dit, "single_transformer_blocks", ())) > 0,
+                   0 if table is None else table.numel(), dit.patch_size)
+
+
+def dit_activation_bytes(shape: DiTShape, height: int, width: int, past_frames: int, batch: int = 2,
+                         dtype: torch.dtype = torch.bfloat16, history_window: Optional[int] = None) -> int:
+    """Peak activation bytes of the largest DiT call of a unit: its last pyramid stage.
+
+    height, width: video size in pixels; past_frames: latent frames before the unit (the unit's index); the
+    history it sees is :func:`~pyramid_flow.sampler.window_frames` of them; batch: 2 with classifier-free
+    guidance; dtype: the compute dtype (bf16 also for fp8 weights).
+    """
+    history = len(window_frames(past_frames, history_window))
+    tokens = max_sequence_length(height, width, history, STAGES, shape.patch_size)
+    current = max_sequence_length(height, width, 0, STAGES, shape.patch_size) - TEXT_TOKENS
+    return max(dit_moments(shape, batch, tokens - TEXT_TOKENS, current, dtype.itemsize))
+
+
+def dit_moments(shape: DiTShape, batch: int, image: int, current: int, itemsize: int) -> List[int]:
+    """Live bytes at the fullest moments of one DiT call of ``image`` image tokens (``current`` of them in the
+    noisy frame), each the sum of the tensors alive there (see docs/memory.md)."""
+    s = itemsize
+    text_n, image_n = batch * TEXT_TOKENS * shape.width, batch * image * shape.width  # elements of [B, Lt|N, D]
+    joint_n = text_n + image_n  # [B, L, D]
+    rope = joint_n * (upcast_bytes(s) + 4 * FLOAT32 // 2)  # apply_rope(k): float32 copy, four float32 half-size terms
+    # Joint block: the forward's embedded tokens, the block's input, its modulated input and the image q/k/v kept
+    # by the per-stream split (6 x [B, N, D]); the text stream's input, modulated input and q/k/v (~4 x [B, Lt, D]).
+    streams = s * (6 * image_n + 4 * text_n)
+    moments = [
+        streams + s * 4 * joint_n + rope,  # RoPE of k: joint q, k, v and the rotated q
+        streams + s * 7 * joint_n,  # attention: q, k, v, rotated q, k, the per-frame outputs and their concatenation
+        s * (14 * image_n + 2 * text_n),  # feed-forward: 6 x [B, N, D] plus its 4D hidden layer before and after GELU
+    ]
+    if shape.single_blocks:
+        # Single block over [text; image]: embedded tokens and text held outside, input, modulated input, the 4D MLP
+        # activation and q, k, v (9 x [B, L, D]) stay alive through the attention.
+        outside = s * (image_n + text_n)
+        moments += [
+            outside + s * 10 * joint_n + rope,  # RoPE of k, the rotated q beside it
+            outside + s * 13 * joint_n,  # attention output and its concatenation (or the 5D [attn; mlp] concat)
+        ]
+    if shape.position_table:
+        # SD3's embedding: the bf16 sincos table upcast whole, its crop, and the image tokens embedded so far.
+        table = shape.position_table * upcast_bytes(s)
+        moments.append(table + FLOAT32 * current * shape.width + s * image_n)
+    return moments
+
+
+def dit_memory_estimate(variant: str, config: Mapping, height: int, width: int, past_frames: int, batch: int = 2,
+                        dtype: torch.dtype = torch.bfloat16, history_window: Optional[int] = None) -> int:
+    """:func:`dit_activation_bytes` from a DiT ``config.json`` (reference §1.3), without building the model."""
+    return dit_activation_bytes(DiTShape.from_config(variant, config), height, width, past_frames, batch, dtype,
+                                history_window)
+
+
+# --- VAE -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VaeStack:
+    """The blocks of the encoder or the decoder, in the order they run."""
+
+    channels: Tuple[int, ...]  # output channels per block
+    layers: Tuple[int, ...]  # resnets per block
+    spatial: Tuple[bool, ...]  # a spatial down/upsampler after the resnets
+    temporal: Tuple[bool, ...]  # a temporal down/upsampler after that
+
+
+@dataclass(frozen=True)
+class VaeShape:
+    """What the activation memory of the causal video VAE depends on (reference §1.4 for the official values)."""
+
+    encoder: VaeStack
+    decoder: VaeStack
+    pixel_channels: int = 3
+    latent_channels: int = LATENT_CHANNELS
+
+    @classmethod
+    def from_config(cls, config: Optional[Mapping] = None) -> "VaeShape":
+        """From the VAE's ``config.json`` keys; missing keys (or no config) take the official values."""
+        c = dict(config or {})
+        flags = (True, True, True, False)
+
+        def stack(side: str, channels: Sequence[int], layers: Sequence[int], kind: str) -> VaeStack:
+            channels = tuple(c.get(f"{side}_block_out_channels", channels))
+            spatial = tuple(c.get(f"{side}_spatial_{kind}_sample", flags))
+            temporal = tuple(c.get(f"{side}_temporal_{kind}_sample", flags))
+            return VaeStack(channels, tuple(c.get(f"{side}_layers_per_block", layers)), spatial, temporal)
+
+        encoder = stack("encoder", (128, 256, 512, 512), (2, 2, 2, 2), "down")
+        decoder = stack("decoder", (128, 256, 512, 512), (3, 3, 3, 3), "up")
+        decoder = VaeStack(decoder.channels[::-1], decoder.layers, decoder.spatial, decoder.temporal)
+        return cls(encoder, decoder, c.get("encoder_in_channels", 3), c.get("encoder_out_channels", LATENT_CHANNELS))
+
+    @classmethod
+    def of_model(cls, vae: torch.nn.Module) -> "VaeShape":
+        """From a built :class:`~pyramid_flow.vae.CausalVideoVAE` (its modules carry the official key names)."""
+
+        def stack(blocks, spatial: str, temporal: str) -> VaeStack:
+            return VaeStack(tuple(b.resnets[0].conv1.conv.out_channels for b in blocks),
+                            tuple(len(b.resnets) for b in blocks),
+                            tuple(getattr(b, spatial) is not None for b in blocks),
+                            tuple(getattr(b, temporal) is not None for b in blocks))
+
+        return cls(stack(vae.encoder.down_blocks, "downsamplers", "temporal_downsamplers"),
+                   stack(vae.decoder.up_blocks, "upsamplers", "temporal_upsamplers"),
+                   vae.encoder.conv_in.conv.in_channels, vae.latent_channels)
+
+
+class ChunkWalk:
+    """One temporal chunk of one tile through the encoder or the decoder, layer by layer, keeping the peak of
+    live bytes: the causal cache (2 frames of every 3-wide conv's input; 1 for the temporal downsampler), what
+    outer frames hold (a block's input while its resnets run) and each layer's own tensors.
+
+    ``first``: the first chunk, where the cache fills as the layers run and the temporal upsamplers drop a
+    frame; a later chunk starts with the whole cache (``cache``) and pads from it.
+    """
+
+    def __init__(self, itemsize: int, batch: int, first: bool, cache: int = 0):
+        self.s, self.batch, self.first = itemsize, batch, first
+        self.cache, self.peak = cache, 0
+
+    def bytes(self, channels: int, frames: int, pixels: int, itemsize: Optional[int] = None) -> int:
+        return self.batch * channels * frames * pixels * (itemsize or self.s)
+
+    def at(self, *live: int) -> None:
+        self.peak = max(self.peak, self.cache + sum(live))
+
+    def conv(self, held: int, c_in: int, c_out: int, frames: int, pixels: int, out_frames: int, out_pixels: int,
+             context: int = 2) -> int:
+        """A causal 3-wide conv of an input held by the caller: its time-padded copy and its output; returns the
+        output bytes. ``context``: frames it caches (and pads with on a later chunk)."""
+        pad = 2 if self.first else context
+        if self.first:
+            self.cache += self.bytes(c_in, context, pixels)
+        out = self.bytes(c_out, out_frames, out_pixels)
+        self.at(held, self.bytes(c_in, frames + pad, pixels), out)
+        return out
+
+    def norm(self, held: int, channels: int, frames: int, pixels: int) -> None:
+        """GroupNorm + SiLU in float32: the upcast copy and the float32 result beside the held tensors."""
+        self.at(held, self.bytes(channels, frames, pixels, upcast_bytes(self.s) + FLOAT32))
+
+    def resnet(self, outer: int, c_in: int, c_out: int, frames: int, pixels: int) -> None:
+        x, y = self.bytes(c_in, frames, pixels), self.bytes(c_out, frames, pixels)
+        self.norm(outer + x, c_in, frames, pixels)
+        self.conv(outer + 2 * x, c_in, c_out, frames, pixels, frames, pixels)  # x, its normed copy
+        self.norm(outer + x + y, c_out, frames, pixels)
+        self.conv(outer + x + 2 * y, c_out, c_out, frames, pixels, frames, pixels)
+        self.at(outer, x if c_in == c_out else y, 2 * y)  # shortcut (a 1x1 conv if the channels change), x + h
+
+    def attention(self, outer: int, channels: int, frames: int, pixels: int) -> None:
+        """The mid block's per-frame attention: x, normed x, q, k, v, output, residual sum (no score matrix)."""
+        x = self.bytes(channels, frames, pixels)
+        self.norm(outer + x, channels, frames, pixels)
+        self.at(outer, 7 * x)
+
+    def upsample(self, outer: int, channels: int, frames: int, pixels: int, factor: int) -> None:
+        """A conv to ``factor`` x the channels, then the depth-to-space copy beside the conv output."""
+        x, y = self.bytes(channels, frames, pixels), self.bytes(channels * factor, frames, pixels)
+        self.conv(outer + x, channels, channels * factor, frames, pixels, frames, pixels)
+        self.at(outer, x, 2 * y)
+
+    def blocks(self, stack: VaeStack, c_in: int, frames: int, pixels: int, outer: int,
+               decode: bool) -> Tuple[int, int, int]:
+        """Run the blocks of ``stack``; returns (channels, frames, pixels) of their output."""
+        for channels, layers, spatial, temporal in zip(stack.channels, stack.layers, stack.spatial, stack.temporal):
+            held = outer + self.bytes(c_in, frames, pixels)  # the block's input, held by the stack's forward
+            for i in range(layers):
+                self.resnet(outer if i == 0 else held, c_in if i == 0 else channels, channels, frames, pixels)
+            c_in = channels
+            if spatial and decode:
+                self.upsample(held, channels, frames, pixels, 4)
+                pixels *= 4
+            elif spatial:
+                self.conv(held + self.bytes(channels, frames, pixels), channels, channels, frames, pixels, frames,
+                          pixels // 4)
+                pixels //= 4
+            if temporal and decode:
+                self.upsample(held, channels, frames, pixels, 2)
+                frames = 2 * frames - 1 if self.first else 2 * frames
+            elif temporal:
+                out = (frames - 1) // 2 + 1 if self.first else frames // 2
+                self.conv(held + self.bytes(channels, frames, pixels), channels, channels, frames, pixels, out, pixels,
+                          context=1)
+                frames = out
+        return c_in, frames, pixels
+
+    def mid_block(self, channels: int, frames: int, pixels: int, outer: int) -> None:
+        held = outer + self.bytes(channels, frames, pixels)
+        self.resnet(outer, channels, channels, frames, pixels)
+        self.attention(held, channels, frames, pixels)
+        self.resnet(held, channels, channels, frames, pixels)
+
+    def decoder(self, shape: VaeShape, frames: int, pixels: int) -> int:
+        """Latent chunk [B, 16, frames, h, w] (pixels = h * w) -> the peak; its output is counted by the caller."""
+        stack, mid = shape.decoder, shape.decoder.channels[0]
+        held = self.bytes(shape.latent_channels, frames, pixels)  # the latent chunk in the VAE layout
+        self.conv(held, shape.latent_channels, mid, frames, pixels, frames, pixels)
+        self.mid_block(mid, frames, pixels, held)
+        channels, frames, pixels = self.blocks(stack, mid, frames, pixels, held, decode=True)
+        self.final(held, channels, shape.pixel_channels, frames, pixels)
+        return self.peak
+
+    def encoder(self, shape: VaeShape, frames: int, pixels: int) -> int:
+        """Video chunk [B, 3, frames, H, W] (pixels = H * W) -> the peak."""
+        stack = shape.encoder
+        held = self.bytes(shape.pixel_channels, frames, pixels)  # the chunk copied into the VAE layout
+        self.conv(held, shape.pixel_channels, stack.channels[0], frames, pixels, frames, pixels)
+        channels, frames, pixels = self.blocks(stack, stack.channels[0], frames, pixels, held, decode=False)
+        self.mid_block(channels, frames, pixels, held)
+        self.final(held, channels, 2 * shape.latent_channels, frames, pixels)
+        return self.peak
+
+    def final(self, outer: int, channels: int, out_channels: int, frames: int, pixels: int) -> None:
+        """GroupNorm, SiLU and conv_out, the stack's last activation held by its forward."""
+        x = self.bytes(channels, frames, pixels)
+        self.norm(outer + x, channels, frames, pixels)
+        self.conv(outer + 2 * x, channels, out_channels, frames, pixels, frames, pixels)
+
+
+def chunk_peaks(shape: VaeShape, decode: bool, first_frames: int, frames: int, pixels: int, batch: int,
+                itemsize: int) -> Tuple[int, int]:
+    """Peaks of a tile's first chunk and of a later one (which carries the whole causal cache; 0 if there is
+    none): ``first_frames`` and ``frames`` input frames of ``pixels`` each."""
+    run = ChunkWalk.decoder if decode else ChunkWalk.encoder
+    first = ChunkWalk(itemsize, batch, first=True)
+    first_peak = run(first, shape, first_frames, pixels)
+    later = ChunkWalk(itemsize, batch, first=False, cache=first.cache)
+    return first_peak, run(later, shape, frames, pixels) if frames else 0
+
+
+def tile_sizes(height: int, width: int, tile: Optional[int], out_tile: Optional[int], overlap: float,
+               out_size) -> Iterator[Tuple[int, int]]:
+    """The distinct (height, width) of the tiles of an input (the whole input when untiled)."""
+    grid = tile_grid(height, width, tile, out_tile, overlap, out_size) if tile else None
+    if grid is None:
+        yield height, width
+        return
+    for rows in {min(grid.tile, height - y) for y in grid.rows}:
+        for cols in {min(grid.tile, width - x) for x in grid.cols}:
+            yield rows, cols
+
+
+def chunk_frames(total: int, window: int, scale: int) -> Tuple[int, int]:
+    """(first chunk, later chunk) input frames for ``window`` latent frames per chunk; 0 when one chunk covers it."""
+    first = window * scale + 1
+    return (total, 0) if total <= first else (first, window * scale)
+
+
+def vae_decode_bytes(shape: VaeShape, latent_shape: Sequence[int], window_size: int = 1,
+                     tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25,
+                     dtype: torch.dtype = torch.bfloat16) -> int:
+    """Peak bytes of ``CausalVideoVAE.decode(temporal_chunk=True, ...)`` beyond the weights.
+
+    latent_shape: [B, 16, T, h, w]; window_size: latent frames per chunk; tile_sample_min_size: tile in pixels
+    (None: untiled); dtype: the VAE's dtype. The peak is one chunk of the largest tile plus the video it writes
+    into: the tile's frames, the whole output (there from the second tile on) and the blend strips kept for the
+    next row and column.
+    """
+    batch, _, latent_frames, h, w = latent_shape
+    s, frames = dtype.itemsize, frames_for_temp(latent_frames)
+    first, later = chunk_frames(latent_frames, window_size, 1)
+    tile = tile_sample_min_size // SPATIAL_SCALE if tile_sample_min_size else None
+    peak = 0
+    for th, tw in tile_sizes(h, w, tile, tile_sample_min_size, tile_overlap, lambda n: n * SPATIAL_SCALE):
+        pixels = th * tw * SPATIAL_SCALE ** 2
+        first_peak, later_peak = chunk_peaks(shape, True, first, later, th * tw, batch, s)
+        # From the second chunk on: the tile's frames (gathered from its chunks) and the previous chunk's frames.
+        gathered = batch * 3 * (frames + TEMPORAL_SCALE * window_size) * pixels * s
+        peak = max(peak, first_peak, later_peak + gathered if later else 0)
+    if tile is None or (h <= tile and w <= tile):
+        return peak  # untiled: the gathered frames are the output
+    output = batch * 3 * frames * h * w * SPATIAL_SCALE ** 2 * s
+    blend = int(tile_sample_min_size * tile_overlap)
+    strips = batch * 3 * frames * blend * (w * SPATIAL_SCALE + tile_sample_min_size) * s
+    return peak + output + strips
+
+
+def vae_encode_bytes(shape: VaeShape, video_shape: Sequence[int], window_size: int = 2,
+                     tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25,
+                     dtype: torch.dtype = torch.bfloat16) -> int:
+    """Peak bytes of ``CausalVideoVAE.encode(temporal_chunk=True, ...)`` beyond the weights, the input included.
+
+    video_shape: [B, 3, F, H, W] with F = 1 + 8k; window_size: latent frames per chunk (8x as many video
+    frames); tile_sample_min_size: tile in pixels (None: untiled); dtype: the VAE's dtype. The peak is the input
+    video, one chunk of the largest tile, and the moments [B, 32, T', H/8, W/8] it writes.
+    """
+    batch, _, frames, height, width = video_shape
+    s = dtype.itemsize
+    first, later = chunk_frames(frames, window_size, TEMPORAL_SCALE)
+    tile = tile_sample_min_size
+    out_tile = tile // SPATIAL_SCALE if tile else None
+    peak = max(max(chunk_peaks(shape, False, first, later, th * tw, batch, s))
+               for th, tw in tile_sizes(height, width, tile, out_tile, tile_overlap, lambda n: -(-n // SPATIAL_SCALE)))
+    latent_frames = (frames - 1) // TEMPORAL_SCALE + 1
+    moments = batch * 2 * shape.latent_channels * latent_frames * -(-height // 8) * -(-width // 8) * s
+    return batch * shape.pixel_channels * frames * height * width * s + peak + 2 * moments
+
+
+def vae_decode_memory(latent_shape: Sequence[int], window_size: int = 1, tile_sample_min_size: Optional[int] = 256,
+                      tile_overlap: float = 0.25, dtype: torch.dtype = torch.bfloat16,
+                      config: Optional[Mapping] = None) -> int:
+    """:func:`vae_decode_bytes` from a VAE ``config.json`` (None: the official VAE), without building the model."""
+    return vae_decode_bytes(VaeShape.from_config(config), latent_shape, window_size, tile_sample_min_size,
+                            tile_overlap, dtype)
+
+
+def vae_encode_memory(video_shape: Sequence[int], window_size: int = 2, tile_sample_min_size: Optional[int] = 256,
+                      tile_overlap: float = 0.25, dtype: torch.dtype = torch.bfloat16,
+                      config: Optional[Mapping] = None) -> int:
+    """:func:`vae_encode_bytes` from a VAE ``config.json`` (None: the official VAE), without building the model."""
+    return vae_encode_bytes(VaeShape.from_config(config), video_shape, window_size, tile_sample_min_size,
+                            tile_overlap, dtype)
