@@ -18,6 +18,7 @@ from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .latents import LATENT_CHANNELS, SPATIAL_SCALE, TEMPORAL_SCALE, frames_for_temp
+from .dit.layers import MIN_PIECE_TOKENS, TOKEN_PIECES
 from .sampler import max_sequence_length, window_frames
 from .text.embeddings import TEXT_TOKENS
 from .vae.tiling import tile_grid
@@ -40,26 +41,17 @@ class DiTShape:
     """What the activation memory of a Pyramid Flow DiT depends on."""
 
     width: int  # D = heads * head dim
-    single_blocks: bool  # miniFLUX's single-stream blocks (a 4D-wide MLP beside the attention)
-    position_table: int  # elements of SD3's sincos table, upcast to float32 at every call (0: miniFLUX)
+    heads: int
+    single_blocks: bool  # miniFLUX's single-stream blocks over [text; image]
+    sincos_positions: bool  # SD3's position table, cropped and upcast to float32 per clip
     patch_size: int = 2
-
-    @classmethod
-    def from_config(cls, variant: str, config: Mapping) -> "DiTShape":
-        """From an official ``config.json`` (reference §1.3); ``variant`` is "sd3" or "miniflux"."""
-        width = config.get("num_attention_heads", 24 if variant == "sd3" else 30) * config.get("attention_head_dim", 64)
-        if variant == "sd3":
-            return cls(width, False, config.get("pos_embed_max_size", 192) ** 2 * width, config.get("patch_size", 2))
-        if variant == "miniflux":
-            return cls(width, config.get("num_single_layers", 16) > 0, 0)
-        raise ValueError(f"Unknown DiT variant {variant!r}: expected 'sd3' or 'miniflux'.")
 
     @classmethod
     def of_model(cls, dit: torch.nn.Module) -> "DiTShape":
         """From a built :class:`~pyramid_flow.dit.PyramidDiT` (either variant)."""
         table = getattr(getattr(dit, "pos_embed", None), "pos_embed", None)
-        return cls(dit.context_embedder.out_features, len(getattr(dit, "single_transformer_blocks", ())) > 0,
-                   0 if table is None else table.numel(), dit.patch_size)
+        return cls(dit.context_embedder.out_features, dit.transformer_blocks[0].attn.heads,
+                   len(getattr(dit, "single_transformer_blocks", ())) > 0, table is not None, dit.patch_size)
 
 
 def dit_activation_bytes(shape: DiTShape, height: int, width: int, past_frames: int, batch: int = 2,
@@ -76,41 +68,67 @@ def dit_activation_bytes(shape: DiTShape, height: int, width: int, past_frames: 
     return max(dit_moments(shape, batch, tokens - TEXT_TOKENS, current, dtype.itemsize))
 
 
+def piece_tokens(length: int) -> int:
+    """Tokens of the largest piece :func:`~pyramid_flow.dit.layers.per_token_chunks` splits ``length`` into."""
+    pieces = min(TOKEN_PIECES, length // MIN_PIECE_TOKENS)
+    return length if pieces <= 1 else -(-length // pieces)
+
+
 def dit_moments(shape: DiTShape, batch: int, image: int, current: int, itemsize: int) -> List[int]:
     """Live bytes at the fullest moments of one DiT call of ``image`` image tokens (``current`` of them in the
     noisy frame), each the sum of the tensors alive there (see docs/memory.md)."""
-    s = itemsize
-    text_n, image_n = batch * TEXT_TOKENS * shape.width, batch * image * shape.width  # elements of [B, Lt|N, D]
+    s, d = itemsize, batch * shape.width  # bytes per element; elements per token of a [B, L, D] tensor
+    text_n, image_n = TEXT_TOKENS * d, image * d  # elements of [B, Lt | N, D]
     joint_n = text_n + image_n  # [B, L, D]
-    rope = joint_n * (upcast_bytes(s) + 4 * FLOAT32 // 2)  # apply_rope(k): float32 copy, four float32 half-size terms
-    # Joint block: the forward's embedded tokens, the block's input, its modulated input and the image q/k/v kept
-    # by the per-stream split (6 x [B, N, D]); the text stream's input, modulated input and q/k/v (~4 x [B, Lt, D]).
-    streams = s * (6 * image_n + 4 * text_n)
+    segment = current * d * s  # the last frame's attention output, before it is written into place
+
+    def qk_piece(tokens: int) -> int:
+        """One piece of a q/k projection in flight: the projection, the QK norm's and RoPE's float32 terms."""
+        return piece_tokens(tokens) * d * 4 * FLOAT32
+
+    def v_piece(tokens: int) -> int:
+        """One piece of the v projection in flight: its input gathered from the strided piece, the product and
+        the biased output."""
+        return piece_tokens(tokens) * d * 3 * s
+
+    def mlp_piece(tokens: int) -> int:
+        """One piece of a token-wise MLP: the modulation's float32 copies, or the 4D hidden layer before and after
+        GELU beside the modulated input."""
+        return piece_tokens(tokens) * d * max(upcast_bytes(s) + 3 * FLOAT32, 9 * s)
+
+    # Joint block: its image and text inputs, their modulated copies, the forward's embedded text.
+    joint = (2 * image_n + 3 * text_n) * s
     moments = [
-        streams + s * 4 * joint_n + rope,  # RoPE of k: joint q, k, v and the rotated q
-        streams + s * 7 * joint_n,  # attention: q, k, v, rotated q, k, the per-frame outputs and their concatenation
-        s * (14 * image_n + 2 * text_n),  # feed-forward: 6 x [B, N, D] plus its 4D hidden layer before and after GELU
+        joint + 2 * joint_n * s + qk_piece(image),  # projecting k: q and the k buffer, one piece in flight
+        joint + 3 * joint_n * s + v_piece(image),  # projecting v: q, k and the v buffer
+        joint + 3 * joint_n * s + segment,  # attention: q (becoming the output), k, v, the last frame's piece
+        # feed-forward (modulated copies freed): the residual, the text stream's output, one piece of the MLP
+        (2 * image_n + 4 * text_n) * s + mlp_piece(image),
     ]
     if shape.single_blocks:
-        # Single block over [text; image]: embedded tokens and text held outside, input, modulated input, the 4D MLP
-        # activation and q, k, v (9 x [B, L, D]) stay alive through the attention.
-        outside = s * (image_n + text_n)
+        # Single block over [text; image]: its input, its modulated copy, the text in and out of the double blocks.
+        single = (2 * joint_n + 2 * text_n) * s
         moments += [
-            outside + s * 10 * joint_n + rope,  # RoPE of k, the rotated q beside it
-            outside + s * 13 * joint_n,  # attention output and its concatenation (or the 5D [attn; mlp] concat)
+            single + 2 * joint_n * s + qk_piece(image + TEXT_TOKENS),  # projecting k
+            single + 3 * joint_n * s + v_piece(image + TEXT_TOKENS),  # projecting v
+            single + 3 * joint_n * s + segment,  # attention
+            single + joint_n * s + mlp_piece(image + TEXT_TOKENS),  # MLP into the attention output, piece by piece
         ]
-    if shape.position_table:
-        # SD3's embedding: the bf16 sincos table upcast whole, its crop, and the image tokens embedded so far.
-        table = shape.position_table * upcast_bytes(s)
-        moments.append(table + FLOAT32 * current * shape.width + s * image_n)
+    if shape.sincos_positions:
+        # SD3's embedding: the float32 crop of the position table, its resize for a history clip, and the image
+        # tokens embedded so far.
+        moments.append(2 * FLOAT32 * current * shape.width + s * image_n)
     return moments
 
 
 def dit_memory_estimate(variant: str, config: Mapping, height: int, width: int, past_frames: int, batch: int = 2,
                         dtype: torch.dtype = torch.bfloat16, history_window: Optional[int] = None) -> int:
-    """:func:`dit_activation_bytes` from a DiT ``config.json`` (reference §1.3), without building the model."""
-    return dit_activation_bytes(DiTShape.from_config(variant, config), height, width, past_frames, batch, dtype,
-                                history_window)
+    """:func:`dit_activation_bytes` from a DiT ``config.json`` ({} for the official sizes), with the model
+    built on the meta device (no weights)."""
+    from .dit.loading import dit_skeleton  # the DiT's memory_estimate imports this module
+
+    shape = DiTShape.of_model(dit_skeleton(variant, config))
+    return dit_activation_bytes(shape, height, width, past_frames, batch, dtype, history_window)
 
 
 # --- VAE -----------------------------------------------------------------------------------------------------
@@ -128,7 +146,7 @@ class VaeStack:
 
 @dataclass(frozen=True)
 class VaeShape:
-    """What the activation memory of the causal video VAE depends on (reference §1.4 for the official values)."""
+    """What the activation memory of the causal video VAE depends on."""
 
     encoder: VaeStack
     decoder: VaeStack

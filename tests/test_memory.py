@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyramid_flow.dit import DIT_CLASSES
-from pyramid_flow.memory import (DiTShape, VaeShape, dit_memory_estimate, vae_decode_memory, vae_encode_memory)
+from pyramid_flow.memory import (VaeShape, dit_memory_estimate, vae_decode_memory, vae_encode_memory)
 from pyramid_flow.testing.tiny import TINY_DIT
 from pyramid_flow.vae import CausalVideoVAE
 
@@ -82,10 +82,7 @@ def test_vae_tiles_and_windows_bound_the_decode():
 def test_model_methods_agree_with_the_config_functions():
     for variant, config in TINY_DIT.items():
         dit = DIT_CLASSES[variant](**config, device="meta", dtype=torch.bfloat16)
-        assert DiTShape.of_model(dit) == DiTShape.from_config(variant, config)
         assert dit.memory_estimate(256, 384, 5) == dit_memory_estimate(variant, config, 256, 384, 5)
-    for variant in DIT_CLASSES:
-        assert DiTShape.of_model(DIT_CLASSES[variant](device="meta")) == DiTShape.from_config(variant, {})
     for config in (SMALL_VAE, {}):
         vae = CausalVideoVAE(**config, device="meta", dtype=torch.float32)
         assert VaeShape.of_model(vae) == VaeShape.from_config(config)

@@ -17,8 +17,9 @@ from .sequence import JointMask, joint_attention_mask, token_grid, unpatchify, w
 class PyramidDiT(nn.Module):
     """Base of :class:`PyramidMMDiT` and :class:`PyramidFluxDiT`.
 
-    Subclasses build their blocks and implement ``embed_clips`` (tokens and RoPE positions of the image
-    tokens), ``run_blocks`` and ``config_from_state_dict``; ``rope_axes`` lists the RoPE dims per position axis;
+    Subclasses build their blocks and implement ``clip_positions`` (the image tokens' RoPE positions),
+    ``embed_clips`` (the image tokens), ``run_blocks`` (which embeds the clips itself, so the embedded tokens live
+    no longer than the first block needs them) and ``config_from_state_dict``; ``rope_axes`` lists the RoPE dims per position axis;
     ``loader_overrides`` are the kwargs the official loader passes on top of config.json.
     """
 
@@ -56,12 +57,17 @@ class PyramidDiT(nn.Module):
         self.norm_out = AdaLayerNormContinuous(inner_dim, **kw)
         self.proj_out = operations.Linear(inner_dim, patch_size * patch_size * out_channels, dtype=dtype, device=device)
 
-    def embed_clips(self, clips: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """clips -> (image tokens [B, N, D], positions [N, n] with the temporal id in column 0)."""
+    def clip_positions(self, clips: List[torch.Tensor]) -> torch.Tensor:
+        """clips -> positions [N, n] of their image tokens, the temporal id in column 0."""
         raise NotImplementedError
 
-    def run_blocks(self, x: torch.Tensor, c: torch.Tensor, temb: torch.Tensor, mask: JointMask, rope: Rope) -> torch.Tensor:
-        """The transformer blocks: image tokens [B, N, D] in and out, text c [B, Lt, D]."""
+    def embed_clips(self, clips: List[torch.Tensor]) -> torch.Tensor:
+        """clips -> image tokens [B, N, D]."""
+        raise NotImplementedError
+
+    def run_blocks(self, clips: List[torch.Tensor], c: torch.Tensor, temb: torch.Tensor, mask: JointMask,
+                   rope: Rope) -> torch.Tensor:
+        """The transformer blocks over the embedded clips: image tokens [B, N, D] out; text c [B, Lt, D]."""
         raise NotImplementedError
 
     def forward(
@@ -80,11 +86,10 @@ class PyramidDiT(nn.Module):
         """
         temb = self.time_text_embed(timestep, pooled)  # [B, D]
         c = self.context_embedder(context)  # [B, Lt, D]
-        x, positions = self.embed_clips(clips)  # [B, N, D], [N, n]
-        positions = with_text_positions(positions, c.shape[1])  # [Lt+N, n]
+        positions = with_text_positions(self.clip_positions(clips), c.shape[1])  # [Lt+N, n]
         rope = rope_cos_sin(positions, self.rope_axes)
         mask = joint_attention_mask(context_mask, positions[:, 0], self.use_temporal_causal)
-        x = self.run_blocks(x, c, temb, mask, rope)  # [B, N, D]
+        x = self.run_blocks(clips, c, temb, mask, rope)  # [B, N, D]
         grid = token_grid(clips[-1], self.patch_size)
         x = x[:, x.shape[1] - grid[0] * grid[1] * grid[2] :]  # tokens of the last clip
         x = self.proj_out(self.norm_out(x, temb))  # [B, n_last, p*p*C]

@@ -75,8 +75,8 @@ def crop_sincos(table: torch.Tensor, grid_size: int, size: Tuple[int, int], crop
     resize of that crop (``interp_condition_pos``; official ``PatchEmbed3D.cropped_pos_embed``).
     """
     top, left = (grid_size - crop[0]) // 2, (grid_size - crop[1]) // 2
-    grid = table.float().reshape(1, grid_size, grid_size, -1)  # [1, grid, grid, D]
-    grid = grid[:, top : top + crop[0], left : left + crop[1]]  # [1, ch, cw, D]
+    grid = table.reshape(1, grid_size, grid_size, -1)  # [1, grid, grid, D]
+    grid = grid[:, top : top + crop[0], left : left + crop[1]].float()  # [1, ch, cw, D]; only the crop upcast
     if tuple(size) != tuple(crop):
         grid = F.interpolate(grid.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
         grid = grid.permute(0, 2, 3, 1)  # [1, h, w, D]
@@ -84,7 +84,7 @@ def crop_sincos(table: torch.Tensor, grid_size: int, size: Tuple[int, int], crop
 
 
 def rope_cos_sin(positions: torch.Tensor, axes_dims: Sequence[int], theta: float = 10000.0):
-    """[L, n] positions -> (cos, sin), each [L, sum(axes_dims)/2] float32 (official ``modeling_pyramid_flux.py: rope``).
+    """[L, n] positions -> (cos, sin), each [1, L, sum(axes_dims)/2] float32 (official ``modeling_pyramid_flux.py: rope``).
 
     Axis i fills ``axes_dims[i] / 2`` consecutive rotation pairs. Angles are formed in float64, as the
     official einsum promotes them, and only cos/sin are rounded to float32.
@@ -94,12 +94,13 @@ def rope_cos_sin(positions: torch.Tensor, axes_dims: Sequence[int], theta: float
         omega = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim))
         angles.append(positions[:, axis].double()[:, None] * omega[None])  # [L, dim/2]
     angles = torch.cat(angles, dim=-1)
-    return torch.cos(angles).float(), torch.sin(angles).float()
+    return torch.cos(angles).float()[None], torch.sin(angles).float()[None]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2k], x[2k+1]) of x [B, H, L, d] in float32; cos/sin [L, d/2]."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # [B, H, L, d/2, 2]
+    """Rotate interleaved pairs (x[2k], x[2k+1]) of token-major x [B, L, H, d] in float32; cos/sin [1, L, d/2]."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, d/2, 2]
     x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[:, :, None], sin[:, :, None]  # [1, L, 1, d/2]
     out = torch.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], dim=-1)
     return out.flatten(-2).to(x.dtype)

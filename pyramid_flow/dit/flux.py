@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from .base import PyramidDiT, count_blocks, head_dim, register_dit
-from .layers import AdaLayerNormZeroSingle, JointTransformerBlock, SelfAttention, attend
+from .layers import AdaLayerNormZeroSingle, JointTransformerBlock, SelfAttention, attend, per_token_chunks
 from .sequence import flux_position_ids, patchify
 
 FLUX_PATCH_SIZE = 2  # the official model hard-codes 2; config.json's patch_size (1) is not used
@@ -30,11 +30,18 @@ class FluxSingleTransformerBlock(nn.Module):
         self.attn = SelfAttention(dim, heads, 1e-6, dtype=dtype, device=device, operations=operations)
 
     def forward(self, x, temb, mask, rope) -> torch.Tensor:
-        """x [B, Lt+N, D], temb [B, D] -> [B, Lt+N, D]."""
+        """x [B, Lt+N, D], temb [B, D] -> [B, Lt+N, D].
+
+        The attention runs first and the MLP after it over chunks of tokens (the branches are independent), so
+        the 4D MLP activation is never alive beside the attention's tensors and exists for one chunk at a time."""
         x_mod, gate = self.norm(x, temb)
-        mlp = F.gelu(self.proj_mlp(x_mod), approximate="tanh")  # [B, L, 4D]
-        attn = attend(*self.attn.qkv(x_mod), mask, rope)  # [B, L, D]
-        return x + gate[:, None] * self.proj_out(torch.cat([attn, mlp], dim=2))
+        attn = attend(*self.attn.qkv(x_mod, rope), mask)  # [B, L, D]
+        out = per_token_chunks(self.mlp_and_output, x_mod, attn, out=attn)  # [B, L, D], over attn piece by piece
+        return out.mul_(gate[:, None]).add_(x)  # x + gate * out
+
+    def mlp_and_output(self, x_mod: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """x_mod, attn [B, l, D] -> proj_out([attn; GELU(proj_mlp(x_mod))]) [B, l, D]."""
+        return self.proj_out(torch.cat([attn, F.gelu(self.proj_mlp(x_mod), approximate="tanh")], dim=2))
 
 
 @register_dit("miniflux")
@@ -107,11 +114,15 @@ class PyramidFluxDiT(PyramidDiT):
             "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
         }
 
+    def clip_positions(self, clips):
+        return flux_position_ids(clips, self.patch_size)
+
     def embed_clips(self, clips):
         tokens = torch.cat([patchify(clip, self.patch_size) for clip in clips], dim=1)  # [B, N, 4C]
-        return self.x_embedder(tokens), flux_position_ids(clips, self.patch_size)
+        return self.x_embedder(tokens)
 
-    def run_blocks(self, x, c, temb, mask, rope):
+    def run_blocks(self, clips, c, temb, mask, rope):
+        x = self.embed_clips(clips)
         for block in self.transformer_blocks:
             c, x = block(x, c, temb, mask, rope)
         x = torch.cat([c, x], dim=1)  # [B, Lt+N, D]

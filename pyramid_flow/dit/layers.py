@@ -5,7 +5,7 @@ Module and parameter names equal the official checkpoint keys (diffusers ``save_
 Norms compute in float32 and return the activation dtype, as the official bf16 autocast run does.
 """
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,31 @@ import torch.nn.functional as F
 from .embeddings import apply_rope
 from .sequence import JointMask, masked_attention
 
-Rope = Tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [L, d/2] float32
+Rope = Tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [1, L, d/2] float32
+
+# Token-wise work (norms, the MLPs) runs in TOKEN_PIECES equal pieces of the sequence: its float32 and 4D-wide
+# temporaries are then a fifth of the sequence's, below what the attention of the same block holds, so they never
+# set the peak. Sequences shorter than MIN_PIECE_TOKENS per piece are not split (too little work per kernel).
+TOKEN_PIECES = 5
+MIN_PIECE_TOKENS = 256
+
+
+def per_token_chunks(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``fn`` of token-wise inputs [B, L, *], computed over TOKEN_PIECES equal pieces of the tokens and written into
+    one [B, L, *] output: ``out`` when given (it may be one of the inputs: a piece is read before it is written).
+    ``fn`` must treat every token on its own (linear layers, norms, activations)."""
+    length = inputs[0].shape[1]
+    pieces = min(TOKEN_PIECES, length // MIN_PIECE_TOKENS)
+    if pieces <= 1:
+        return fn(*inputs) if out is None else out.copy_(fn(*inputs))
+    size = -(-length // pieces)
+    for start in range(0, length, size):
+        piece = fn(*(t[:, start : start + size] for t in inputs))
+        if out is None:
+            out = piece.new_empty(piece.shape[0], length, *piece.shape[2:])
+        out[:, start : start + piece.shape[1]] = piece
+    return out
 
 
 class RMSNorm(nn.Module):
@@ -33,9 +57,15 @@ class RMSNorm(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """LayerNorm(x; eps 1e-6, no affine) * (1 + scale) + shift, in fp32. x [B, L, D]; shift, scale [B, D]."""
-    normed = F.layer_norm(x.float(), x.shape[-1:], eps=1e-6)
-    return (normed * (1 + scale.float()[:, None]) + shift.float()[:, None]).to(x.dtype)
+    """LayerNorm(x; eps 1e-6, no affine) * (1 + scale) + shift, in fp32. x [B, L, D]; shift, scale [B, D].
+    Over chunks of tokens, so the float32 temporaries are a chunk's."""
+    scale, shift = 1 + scale.float()[:, None], shift.float()[:, None]
+
+    def chunk(tokens: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(tokens.float(), tokens.shape[-1:], eps=1e-6)
+        return (normed * scale + shift).to(tokens.dtype)
+
+    return per_token_chunks(chunk, x)
 
 
 class AdaLayerNorm(nn.Module):
@@ -114,10 +144,13 @@ class FeedForward(nn.Module):
         return x
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask, rope: Rope) -> torch.Tensor:
-    """RoPE on q, k [B, H, L, d], masked attention, heads merged -> [B, L, H*d]."""
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    return masked_attention(q, k, v, mask).transpose(1, 2).flatten(2)
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask) -> torch.Tensor:
+    """Masked attention of q, k, v [B, H, L, d] (RoPE applied), heads merged -> [B, L, H*d].
+
+    q, k and v must be the caller's own projections, views of [B, L, H, d] memory: the output is written over q
+    (each frame's queries are read once, before their output is written), so the result is q's memory, merged
+    into [B, L, H*d] without a copy."""
+    return masked_attention(q, k, v, mask, out=q).transpose(1, 2).flatten(2)
 
 
 class SelfAttention(nn.Module):
@@ -132,13 +165,29 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim // heads, eps, dtype=dtype, device=device)
         self.norm_k = RMSNorm(dim // heads, eps, dtype=dtype, device=device)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, L, D] -> [B, H, L, d]
+    def project_heads(self, which: str, x: torch.Tensor, rope: Optional[Rope], text: bool = False,
+                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """q, k or v (``which``) of tokens x [B, L, D] -> token-major [B, L, H, d]: projected, QK-normed and
+        rotated (``rope``: cos, sin [1, L, d/2] of these tokens; None for v) over pieces of the tokens, into
+        ``out`` when given, so only the result is full size. ``text``: the text stream's projection and norm."""
+        proj, norm = self.projection(which, text)
 
-    def qkv(self, x: torch.Tensor):
-        """x [B, L, D] -> normed q, normed k, v, each [B, H, L, d]."""
-        q, k, v = (self.split_heads(proj(x)) for proj in (self.to_q, self.to_k, self.to_v))
-        return self.norm_q(q), self.norm_k(k), v
+        def heads(tokens: torch.Tensor, *cos_sin: torch.Tensor) -> torch.Tensor:
+            y = proj(tokens).unflatten(-1, (self.heads, -1))
+            y = y if norm is None else norm(y)
+            return apply_rope(y, *cos_sin) if cos_sin else y
+
+        return per_token_chunks(heads, x, *(rope or ()), out=out)
+
+    def projection(self, which: str, text: bool = False) -> Tuple[nn.Module, Optional[nn.Module]]:
+        """The Linear and QK norm (None for v) of q, k or v."""
+        return getattr(self, f"to_{which}"), getattr(self, f"norm_{which}", None)
+
+    def qkv(self, x: torch.Tensor, rope: Rope):
+        """x [B, L, D] -> rotated normed q, k and v, each [B, H, L, d] (views of [B, L, H, d] memory)."""
+        q = self.project_heads("q", x, rope).transpose(1, 2)
+        k = self.project_heads("k", x, rope).transpose(1, 2)
+        return q, k, self.project_heads("v", x, None).transpose(1, 2)
 
 
 class JointAttention(SelfAttention):
@@ -160,17 +209,26 @@ class JointAttention(SelfAttention):
         self.to_out = nn.ModuleList([operations.Linear(dim, dim, dtype=dtype, device=device), nn.Identity()])
         self.to_add_out = None if context_pre_only else operations.Linear(dim, dim, dtype=dtype, device=device)
 
-    def context_qkv(self, c: torch.Tensor):
-        """c [B, Lt, D] -> normed q, normed k, v of the text stream, each [B, H, Lt, d]."""
-        q, k, v = (self.split_heads(proj(c)) for proj in (self.add_q_proj, self.add_k_proj, self.add_v_proj))
-        norm_q, norm_k = getattr(self, self.context_norm + "_q"), getattr(self, self.context_norm + "_k")
-        return norm_q(q), norm_k(k), v
+    def projection(self, which: str, text: bool = False) -> Tuple[nn.Module, Optional[nn.Module]]:
+        if not text:
+            return super().projection(which)
+        return getattr(self, f"add_{which}_proj"), getattr(self, f"{self.context_norm}_{which}", None)
+
+    def joint_heads(self, which: str, x: torch.Tensor, c: torch.Tensor, rope: Rope) -> torch.Tensor:
+        """q, k (rotated) or v of [text; image]: [B, H, Lt+N, d], each stream with its own projection and QK norm,
+        written into one [B, Lt+N, H, d] buffer."""
+        lt, (cos, sin), rotate = c.shape[1], rope, which != "v"
+        joint = x.new_empty(x.shape[0], lt + x.shape[1], self.heads, x.shape[2] // self.heads)
+        self.project_heads(which, c, (cos[:, :lt], sin[:, :lt]) if rotate else None, text=True, out=joint[:, :lt])
+        self.project_heads(which, x, (cos[:, lt:], sin[:, lt:]) if rotate else None, out=joint[:, lt:])
+        return joint.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, mask: JointMask, rope: Rope):
         """x [B, N, D], c [B, Lt, D] -> (x_out [B, N, D], c_out [B, Lt, D] or None)."""
-        streams = zip(self.context_qkv(c), self.qkv(x))
-        q, k, v = (torch.cat(pair, dim=2) for pair in streams)  # [B, H, Lt+N, d], text first
-        out = attend(q, k, v, mask, rope)  # [B, Lt+N, D]
+        # one at a time, so each is finished before the next is projected
+        q, k, v = (self.joint_heads(which, x, c, rope) for which in ("q", "k", "v"))
+        out = attend(q, k, v, mask)  # [B, Lt+N, D]
+        del q, k, v  # before the output projections
         c_out, x_out = out[:, : c.shape[1]], out[:, c.shape[1] :]
         x_out = self.to_out[0](x_out)
         return x_out, None if self.to_add_out is None else self.to_add_out(c_out)
@@ -198,14 +256,24 @@ class JointTransformerBlock(nn.Module):
         x_mod, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, temb)
         if self.context_pre_only:
             x_attn, _ = self.attn(x_mod, self.norm1_context(c, temb), mask, rope)
+            del x_mod
             return None, residual_mlp(x, x_attn, gate_msa, shift_mlp, scale_mlp, gate_mlp, self.ff)
         c_mod, *c_chunks = self.norm1_context(c, temb)
         x_attn, c_attn = self.attn(x_mod, c_mod, mask, rope)
+        del x_mod, c_mod  # not needed by the feed-forwards: free them first
         c = residual_mlp(c, c_attn, *c_chunks, self.ff_context)
         return c, residual_mlp(x, x_attn, gate_msa, shift_mlp, scale_mlp, gate_mlp, self.ff)
 
 
 def residual_mlp(x, attn_out, gate_msa, shift_mlp, scale_mlp, gate_mlp, ff: FeedForward) -> torch.Tensor:
-    """x += gate_msa * attn; x += gate_mlp * FF(modulated LN(x)). Chunks are [B, D]."""
-    x = x + gate_msa[:, None] * attn_out
-    return x + gate_mlp[:, None] * ff(modulate(x, shift_mlp, scale_mlp))
+    """x + gate_msa * attn, then + gate_mlp * FF(modulated LN(x)). Chunks are [B, D]; ``attn_out`` is consumed.
+
+    The feed-forward runs over pieces of the tokens, so its 4D hidden layer exists for one piece at a time; the
+    gated sums are formed in the buffers they consume (the same roundings as ``x + gate * y``)."""
+    x = attn_out.mul_(gate_msa[:, None]).add_(x)
+    gate_mlp = gate_mlp[:, None]
+
+    def feed_forward(tokens: torch.Tensor) -> torch.Tensor:
+        return ff(modulate(tokens, shift_mlp, scale_mlp)).mul_(gate_mlp).add_(tokens)
+
+    return per_token_chunks(feed_forward, x, out=x)

@@ -8,7 +8,7 @@ the 8 GB weights are never materialised twice.
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -77,6 +77,12 @@ def wrong_kind_message(path: str, kind: str) -> str:
     )
 
 
+def dit_skeleton(variant: str, config: Mapping, dtype: torch.dtype = torch.float32, operations=None) -> PyramidDiT:
+    """The DiT of ``variant`` built from ``config`` (official config.json keys) on the meta device: its modules
+    and shapes without any weight memory."""
+    return DIT_CLASSES[variant](**config, dtype=dtype, device="meta", operations=operations)
+
+
 def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu", operations=None,
              reader: Optional[Reader] = None) -> Tuple[PyramidDiT, DiTInfo]:
     """Load a Pyramid Flow DiT.
@@ -96,7 +102,7 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu", operat
     dit_class = DIT_CLASSES[variant]
     config = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
     config = dict(config or infer_config(variant, source.shapes(), path), **dit_class.loader_overrides)
-    model = dit_class(**config, dtype=compute_dtype(dtype), device="meta", operations=operations)
+    model = dit_skeleton(variant, config, compute_dtype(dtype), operations)
     stored = Counter()
 
     def cast(key: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -146,10 +146,14 @@ class PyramidMMDiT(PyramidDiT):
         """Single files may lack the sincos buffer ``pos_embed.pos_embed``; it is a function of the config."""
         return {} if "pos_embed.pos_embed" in present else {"pos_embed.pos_embed": self.pos_embed.sincos_table()}
 
-    def embed_clips(self, clips):
-        return self.pos_embed(clips), frame_ids(clips, self.patch_size)[:, None]
+    def clip_positions(self, clips):
+        return frame_ids(clips, self.patch_size)[:, None]
 
-    def run_blocks(self, x, c, temb, mask, rope):
+    def embed_clips(self, clips):
+        return self.pos_embed(clips)
+
+    def run_blocks(self, clips, c, temb, mask, rope):
+        x = self.embed_clips(clips)
         for block in self.transformer_blocks:
             c, x = block(x, c, temb, mask, rope)
         return x

@@ -6,7 +6,7 @@ attention sequence is [text (Lt tokens); image (N tokens)] (official ``merge_inp
 """
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -110,28 +110,34 @@ def joint_attention_mask(context_mask: torch.Tensor, times: torch.Tensor, tempor
     return JointMask(key_mask, list(zip([0] + ends[:-1], ends)), text_tokens, text_lengths)
 
 
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask) -> torch.Tensor:
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q, k, v [B, H, L, d] -> [B, H, L, d]: each frame's queries against the keys of its prefix.
 
     Without padded text no mask is needed. Otherwise the key mask hides the padding; a backend that takes no
-    mask is called per batch row instead, with that row's padded text keys left out.
+    mask is called per batch row instead, with that row's padded text keys left out. Each call's output is
+    written into ``out`` (no list of pieces and their concatenation); ``out`` may be ``q`` itself, since a
+    frame's queries are read once, before its output is written. By default a new [B, H, L, d] view of
+    [B, L, H, d] memory, so merging the heads afterwards (``transpose(1, 2).flatten(2)``) copies nothing.
     """
+    if out is None:
+        out = q.new_empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1]).transpose(1, 2)
     if not mask.padded:
-        return _prefix_attention(q, k, v, mask.segments)
-    if attention_takes_masks():
-        return torch.cat([attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask.key_mask[..., :end])
-                          for start, end in mask.segments], dim=2)
-    rows = []
-    for b, real in enumerate(mask.text_lengths):
-        keep = torch.cat([torch.arange(real), torch.arange(mask.text_tokens, k.shape[2])]).to(k.device)
-        segments = [(start, end - (mask.text_tokens - real)) for start, end in mask.segments]  # ends in kept keys
-        rows.append(_prefix_attention(q[b : b + 1], k[b : b + 1, :, keep], v[b : b + 1, :, keep], segments,
-                                      queries=[(start, end) for start, end in mask.segments]))
-    return torch.cat(rows, dim=0)
+        _prefix_attention(q, k, v, mask.segments, out)
+    elif attention_takes_masks():
+        for start, end in mask.segments:
+            out[:, :, start:end] = attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask.key_mask[..., :end])
+    else:
+        for b, real in enumerate(mask.text_lengths):
+            keep = torch.cat([torch.arange(real), torch.arange(mask.text_tokens, k.shape[2])]).to(k.device)
+            segments = [(start, end - (mask.text_tokens - real)) for start, end in mask.segments]  # ends in kept keys
+            _prefix_attention(q[b : b + 1], k[b : b + 1, :, keep], v[b : b + 1, :, keep], segments, out[b : b + 1],
+                              queries=mask.segments)
+    return out
 
 
-def _prefix_attention(q, k, v, key_segments, queries=None) -> torch.Tensor:
-    """Mask-free: the queries of each segment (``queries``, default the segments) against keys[:segment end]."""
-    queries = queries or key_segments
-    return torch.cat([attention(q[:, :, qs:qe], k[:, :, :ke], v[:, :, :ke])
-                      for (qs, qe), (_, ke) in zip(queries, key_segments)], dim=2)
+def _prefix_attention(q, k, v, key_segments, out: torch.Tensor, queries=None) -> None:
+    """Mask-free, into ``out``: the queries of each segment (``queries``, default the segments) against
+    keys[:segment end]."""
+    for (qs, qe), (_, ke) in zip(queries or key_segments, key_segments):
+        out[:, :, qs:qe] = attention(q[:, :, qs:qe], k[:, :, :ke], v[:, :, :ke])

@@ -73,7 +73,7 @@ def tracked_dit_peak(variant: str, config: Mapping, height: int, width: int, pas
         dit = DIT_CLASSES[variant](**config, dtype=dtype)
         with unset_fake_temporarily():
             mask = real_mask(shapes, dit.patch_size)
-        mask = JointMask(fake.from_tensor(mask.key_mask), mask.segments)
+        mask = JointMask(fake.from_tensor(mask.key_mask), mask.segments, mask.text_tokens, mask.text_lengths)
         clips = [torch.zeros(shape, dtype=dtype) for shape in shapes]
         context = torch.zeros(batch, TEXT_TOKENS, dit.context_embedder.in_features, dtype=dtype)
         context_mask = torch.ones(batch, TEXT_TOKENS, dtype=torch.long)
