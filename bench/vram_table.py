@@ -24,6 +24,7 @@ from pyramid_flow.dit.loading import target_dtype
 from pyramid_flow.latents import SPATIAL_SCALE, LATENT_CHANNELS, temp_for_seconds
 from pyramid_flow.memory import dit_memory_estimate, vae_decode_memory
 from pyramid_flow.vae import SAVE_MEMORY_DECODE, CausalVideoVAE
+from pyramid_flow.variants import get_variant
 
 GIB = 2 ** 30
 FP8 = torch.float8_e4m3fn
@@ -34,7 +35,6 @@ CLIP_BYTES = {"miniflux": 0.25e9, "sd3": 0.25e9 + 1.39e9}
 # (label, height, width, seconds, history window)
 WORKFLOWS = [("384p 5 s", 384, 640, 5, None), ("768p 10 s", 768, 1280, 10, None),
              ("768p 20 s, history_window 16", 768, 1280, 20, 16)]
-NAMES = {"miniflux": "miniFLUX", "sd3": "SD3"}
 
 
 def dit_weight_bytes(variant: str) -> Dict[str, int]:
@@ -63,7 +63,7 @@ def workflow_row(variant: str, weights: str, dit_bytes: int, vae_bytes: int,
     offload = max(text, sampling, decoding)
     resident = text + dit_bytes + vae_bytes + max(activations, decode)
     cells = [dit_bytes, sampling, decoding, offload, resident]
-    return f"| {NAMES[variant]} {label} ({temp} latent frames) | {weights} | " + " | ".join(
+    return f"| {get_variant(variant).display_name} {label} ({temp} latent frames) | {weights} | " + " | ".join(
         f"{size / GIB:.1f}" for size in cells) + " |"
 
 

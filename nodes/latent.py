@@ -10,7 +10,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.v0_0_2 import io
 
-from ..pyramid_flow.latents import LATENT_CHANNELS, SPATIAL_SCALE, frames_for_temp, normalize
+from ..pyramid_flow.latents import LATENT_CHANNELS, normalize
 from ..pyramid_flow.variants import get_variant
 from ..pyramid_flow.vae import SAVE_MEMORY_DECODE
 from . import models
@@ -20,13 +20,6 @@ from .types import NORMALIZED_KEY, VAESocket
 
 CATEGORY = "PyramidFlow/latent"
 log = logging.getLogger("pyramid_flow")
-
-
-def vae_memory(height: int, width: int, frames: int, tile: int, dtype) -> int:
-    """Peak bytes of one VAE tile pass: 128 channels at full resolution, ~8 live tensors, for the frames of one
-    temporal window."""
-    side_h, side_w = (min(height, tile), min(width, tile)) if tile else (height, width)
-    return int(frames * side_h * side_w * 128 * 8 * mm.dtype_size(dtype))
 
 
 def progress_callback() -> Callable[[int, int], None]:
@@ -64,8 +57,8 @@ def encode_with_retry(vae, video: torch.Tensor, tile: int, window: int, what: st
     """VAE input [1, 3, F, H, W] in [-1, 1] -> moments [1, 32, T, H/8, W/8], loaded through model management, with
     progress, interrupt and the out-of-memory retry."""
     dtype, module = vae.model.dtype_, vae.model.vae
-    height, width = video.shape[-2:]
-    mm.load_models_gpu([vae], memory_required=vae_memory(height, width, 8 * window + 1, tile, dtype))
+    memory = module.encode_memory(tuple(video.shape), window, tile or None, tile_overlap)
+    mm.load_models_gpu([vae], memory_required=memory)
     video = video.to(device=vae.load_device, dtype=dtype)
 
     def encode(tile: int, window: int) -> torch.Tensor:
@@ -80,10 +73,7 @@ def encode_with_retry(vae, video: torch.Tensor, tile: int, window: int, what: st
 def decode_latent(vae, z: torch.Tensor, tile: int, tile_overlap: float, window: int) -> torch.Tensor:
     """VAE-space latent [B, 16, T, h, w] -> IMAGE [B*F, H, W, 3] on the intermediate device."""
     dtype, module = vae.model.dtype_, vae.model.vae
-    height, width = z.shape[-2] * SPATIAL_SCALE, z.shape[-1] * SPATIAL_SCALE
-    output_bytes = z.shape[0] * 3 * frames_for_temp(z.shape[2]) * height * width * mm.dtype_size(dtype)
-    memory = vae_memory(height, width, 8 * window + 1, tile, dtype) + output_bytes
-    mm.load_models_gpu([vae], memory_required=memory)
+    mm.load_models_gpu([vae], memory_required=module.decode_memory(tuple(z.shape), window, tile or None, tile_overlap))
     z = z.to(device=vae.load_device, dtype=dtype)
 
     def decode(tile: int, window: int) -> torch.Tensor:
@@ -92,7 +82,8 @@ def decode_latent(vae, z: torch.Tensor, tile: int, tile_overlap: float, window: 
                                  tile_overlap=tile_overlap, callback=progress_callback())
 
     video = run_with_oom_retry(decode, tile, window, "VAE decode")
-    return video_to_image(video).to(mm.intermediate_device())
+    # off the GPU in the VAE's dtype first: the float32 conversion of a long video would double its size there
+    return video_to_image(video.to(mm.intermediate_device()))
 
 
 def latent_5d(samples: dict, name: str = "samples") -> torch.Tensor:

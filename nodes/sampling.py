@@ -13,8 +13,9 @@ import latent_preview
 from comfy_api.v0_0_2 import io
 
 from ..pyramid_flow import latents as latent_utils
+from ..pyramid_flow.dit.compile import compiled_blocks
 from ..pyramid_flow.noise import NOISE_MODES, make_noise
-from ..pyramid_flow.sampler import PyramidSampler, StepInfo, count_dit_steps, max_sequence_length
+from ..pyramid_flow.sampler import PyramidSampler, StepInfo, count_dit_steps
 from ..pyramid_flow.scheduler import PyramidFlowScheduler
 from ..pyramid_flow.text import TextEmbeddings
 from ..pyramid_flow.variants import VARIANTS, get_variant
@@ -23,7 +24,7 @@ from .base import PyramidFlowNode
 from .common import MAX_SECONDS, MAX_SIZE, centre_crop, check_image, check_size, describe_duration, image_to_video
 from .conditioning import conditioning_to_embeddings, conditioning_to_schedule, conditioning_variant
 from .latent import encode_with_retry, latent_5d, normalized_latent
-from .types import MOMENTS_KEY, NORMALIZED_KEY, SEED_KEY, VARIANT_KEY, ModelSocket, VAESocket
+from .types import COMPILE_OPTIONS_KEY, MOMENTS_KEY, NORMALIZED_KEY, SEED_KEY, VARIANT_KEY, ModelSocket, VAESocket
 
 CATEGORY = "PyramidFlow/sampling"
 log = logging.getLogger("pyramid_flow")
@@ -80,14 +81,6 @@ def check_text_dims(dit_model, cond: TextEmbeddings, variant_of_cond: Optional[s
             f"fit this {dit_model.variant_name} DiT (T5 {context_dim}, pooled {pooled_dim}). {needs}.")
 
 
-def dit_activation_bytes(dit_model, batch: int, tokens: int, dtype) -> int:
-    """Activation bytes of one DiT call: about 24 [B, L, D] tensors alive in one block (qkv, MLP 4x, norms,
-    residual); attention through SDPA keeps no L x L scores."""
-    config = getattr(dit_model.info, "config", {}) or {}
-    width = config.get("num_attention_heads", 24) * config.get("attention_head_dim", 64)
-    return int(batch * tokens * width * mm.dtype_size(dtype) * 24)
-
-
 def run_sampler(model, run: Callable[[PyramidSampler], torch.Tensor], *, height: int, width: int, num_units: int,
                 new_units: int, first_steps, video_steps, from_scratch: bool, guidance_scale: float, seed: int,
                 noise: str, history_window: Optional[int]) -> torch.Tensor:
@@ -95,9 +88,9 @@ def run_sampler(model, run: Callable[[PyramidSampler], torch.Tensor], *, height:
     normalised latents it produced (the ``common_ksampler`` of this pack)."""
     wrapper = model.model
     compute = wrapper.compute_dtype
-    history = min(num_units - 1, history_window or num_units)
-    tokens = max_sequence_length(height, width, history)
-    mm.load_models_gpu([model], memory_required=dit_activation_bytes(wrapper, 2 if guidance_scale > 0 else 1, tokens, compute))
+    batch = 2 if guidance_scale > 0 else 1  # CFG runs the negative prompt in the same call
+    memory = wrapper.diffusion_model.memory_estimate(height, width, num_units - 1, batch, compute, history_window)
+    mm.load_models_gpu([model], memory_required=memory)
     models.use_comfy_attention()
     device = model.load_device
     scheduler = PyramidFlowScheduler()
@@ -105,7 +98,8 @@ def run_sampler(model, run: Callable[[PyramidSampler], torch.Tensor], *, height:
     total = count_dit_steps(new_units, first_steps, video_steps, scheduler.stages, from_scratch)
     sampler = PyramidSampler(wrapper.diffusion_model, source, device, compute, scheduler, make_step_callback(total, device))
     try:
-        return run(sampler)
+        with compiled_blocks(wrapper.diffusion_model, model.model_options.get(COMPILE_OPTIONS_KEY)):
+            return run(sampler)
     except BaseException:
         models.free_after_interrupt()
         raise

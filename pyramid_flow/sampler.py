@@ -28,6 +28,8 @@ from .text.embeddings import TEXT_TOKENS, TextEmbeddings
 from .text.schedule import PromptSchedule
 from .variants import Variant
 
+SUGGESTED_HISTORY_WINDOW = 16  # history frames suggested for videos beyond the trained length (about half of it)
+
 Steps = Union[Sequence[int], int]
 Conditioning = Union[TextEmbeddings, PromptSchedule]
 
@@ -251,19 +253,31 @@ class PyramidSampler:
         self.callback = callback
 
     def _start(self, cond: Conditioning, uncond: Optional[TextEmbeddings], guidance_scale: float, num_units: int,
-               total: int, history_window: Optional[int]) -> _Run:
+               total: int, history_window: Optional[int], size: Tuple[int, int]) -> _Run:
+        """``size``: (height, width) in pixels."""
         check_history_window(history_window)
         if guidance_scale > 0 and uncond is None:
             raise ValueError("guidance_scale > 0 needs negative-prompt embeddings (uncond)")
         if history_window is None and num_units > TRAINED_LATENT_FRAMES:
-            warnings.warn(
-                f"{num_units} latent frames with the whole history exceed the {TRAINED_LATENT_FRAMES} the checkpoints "
-                "were trained on: temporal positions leave the trained range and every DiT call grows with the "
-                "video. Set history_window (e.g. 16) to bound both.", stacklevel=3)
+            batch = PromptSchedule.of(cond).batch * (2 if guidance_scale > 0 else 1)
+            warnings.warn(self._long_history_message(num_units, size, batch), stacklevel=3)
         prompts = PromptSchedule.of(cond).to(device=self.device, dtype=self.dtype)
         uncond = uncond.to(device=self.device, dtype=self.dtype) if guidance_scale > 0 else None
         return _Run(self.dit, self.scheduler, self.noise, prompts, uncond, self.callback, num_units, total,
                     history_window)
+
+    def _long_history_message(self, num_units: int, size: Tuple[int, int], batch: int) -> str:
+        message = (
+            f"{num_units} latent frames with the whole history exceed the {TRAINED_LATENT_FRAMES} the checkpoints were "
+            "trained on: temporal positions leave the trained range and every DiT call grows with the video. Set "
+            f"history_window (e.g. {SUGGESTED_HISTORY_WINDOW}) to bound both.")
+        estimate = getattr(self.dit, "memory_estimate", None)
+        if estimate is None:
+            return message
+        full = estimate(*size, num_units - 1, batch, self.dtype)
+        windowed = estimate(*size, num_units - 1, batch, self.dtype, SUGGESTED_HISTORY_WINDOW)
+        return (f"{message} The last frame needs about {full / 2**30:.1f} GiB of DiT activations; with "
+                f"history_window {SUGGESTED_HISTORY_WINDOW}, {windowed / 2**30:.1f} GiB for any length.")
 
     def _latent_noise(self, batch: int, first_unit: int, units: int, height: int, width: int) -> torch.Tensor:
         """Stage-0 noise [B, C, units, h0, w0] of units first_unit .. first_unit + units - 1."""
@@ -292,7 +306,7 @@ class PyramidSampler:
         batch = PromptSchedule.of(cond).batch
         noise = self._latent_noise(batch, 0, temp, height, width)
         total = count_dit_steps(temp, first_frame_steps, video_steps, stages, from_scratch=True)
-        run = self._start(cond, uncond, guidance_scale, temp, total, history_window)
+        run = self._start(cond, uncond, guidance_scale, temp, total, history_window, (height, width))
         first = run.generate_unit(0, noise[:, :, :1], [], first_frame_steps, guidance_scale)
         return run.continue_video([first], noise[:, :, 1:], video_steps, video_guidance_scale)
 
@@ -349,7 +363,8 @@ class PyramidSampler:
         steps = stage_steps(steps, self.scheduler.stages)
         new_units = noise.shape[2]
         total = count_dit_steps(new_units, steps, steps, self.scheduler.stages, from_scratch=False)
-        run = self._start(cond, uncond, guidance_scale, history.shape[2] + new_units, total, history_window)
+        size = (history.shape[-2] * SPATIAL_SCALE, history.shape[-1] * SPATIAL_SCALE)
+        run = self._start(cond, uncond, guidance_scale, history.shape[2] + new_units, total, history_window, size)
         return run.continue_video(list(history.split(1, dim=2)), noise, steps, video_guidance_scale)
 
 

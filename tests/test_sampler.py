@@ -1,5 +1,7 @@
 """Sampler structure with a stand-in DiT: histories, step counts, callbacks, CFG switch, determinism."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -172,3 +174,21 @@ def test_stage_steps_validation():
         stage_steps([1, 2], 3)
     with pytest.raises(ValueError, match="3 positive integers"):
         stage_steps([1, 0, 2], 3)
+
+
+def test_a_video_beyond_the_trained_length_warns_with_its_memory():
+    """Past 31 latent frames without a window the warning names the fix and, from the DiT's memory model, the
+    activations of the last frame with and without the suggested window."""
+
+    class EstimatingDiT(LinearDiT):
+        def memory_estimate(self, height, width, past_frames, batch, dtype, history_window=None):
+            self.asked = getattr(self, "asked", []) + [(height, width, past_frames, batch, history_window)]
+            return (3 if history_window is None else 1) * 2**30
+
+    dit = EstimatingDiT()
+    with pytest.warns(UserWarning, match=r"history_window.*3\.0 GiB.*history_window 16, 1\.0 GiB"):
+        _t2v(dit, temp=32)
+    assert dit.asked == [(128, 192, 31, 2, None), (128, 192, 31, 2, 16)]  # CFG batch 2, the last unit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _t2v(LinearDiT(), temp=32, history_window=16)
