@@ -4,10 +4,11 @@ from typing import List, Type
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from . import conditioning, latent, loaders, sampling
+from . import conditioning, latent, loaders, model_patches, sampling
 from .models import register_folders
 
-NODES: List[Type[io.ComfyNode]] = [*loaders.NODES, *conditioning.NODES, *sampling.NODES, *latent.NODES]
+NODES: List[Type[io.ComfyNode]] = [*loaders.NODES, *model_patches.NODES, *conditioning.NODES, *sampling.NODES,
+                                    *latent.NODES]
 
 
 class PyramidFlowExtension(ComfyExtension):

@@ -72,7 +72,8 @@ class PyramidFlowVideoModelLoader(PyramidFlowNode):
             compute = torch.float32
         operations = models.dit_operations(weight, compute, load_device, fp8_matmul)
         try:
-            dit, info = load_dit(path, dtype=weight, device=offload, operations=operations)
+            dit, info = load_dit(path, dtype=weight, device=offload, operations=operations,
+                                reader=models.read_weights)
         except (CheckpointError, KeyError) as err:
             raise _not_a("DiT", model, err, "Pick a diffusion_transformer_* folder or a Pyramid Flow DiT "
                          ".safetensors file (not a VAE, text encoder or another model's checkpoint).") from err
@@ -108,7 +109,8 @@ class PyramidFlowVideoVAELoader(PyramidFlowNode):
         else:
             torch_dtype = COMPUTE_DTYPES[dtype]
         try:
-            module = load_vae(path, dtype=torch_dtype, device=offload, operations=comfy.ops.disable_weight_init)
+            module = load_vae(path, dtype=torch_dtype, device=offload, operations=comfy.ops.disable_weight_init,
+                              reader=models.read_weights)
         except (CheckpointError, KeyError) as err:
             raise _not_a("VAE", vae, err, "Pick the causal_video_vae folder or pyramid_flow_vae*.safetensors.") from err
         return io.NodeOutput(models.make_patcher(models.PyramidFlowVAEModel(module, torch_dtype), load_device, offload))

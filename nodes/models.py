@@ -6,7 +6,7 @@ All weights reach the GPU only through ``comfy.model_management.load_models_gpu`
 
 import logging
 import os
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import torch
 
@@ -152,6 +152,12 @@ def download_component(name: str, variant: Variant, component: str) -> str:
     hub.download_model(variant.repo_id, target, dit_folder=dit_folder, components=(component,),
                        tqdm_class=_node_progress_tqdm())
     return os.path.join(target, folder) if folder else target
+
+
+def read_weights(path: str) -> Mapping[str, torch.Tensor]:
+    """One safetensors file through ComfyUI's own loader: memory-mapped, and under dynamic VRAM (0.33+) tensors
+    backed by the file, which load_models_gpu streams to the GPU without a second copy in RAM."""
+    return comfy.utils.load_torch_file(path, safe_load=True)
 
 
 def make_patcher(module: torch.nn.Module, load_device, offload_device):

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-save-memory", action="store_true", help="decode with 512 px tiles and window 2 (more VRAM)")
     p.add_argument("--no-offload", action="store_true", help="keep every model on the GPU (needs ~40 GB at 768p)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT blocks (inductor; the first run compiles, which takes minutes)")
     p.add_argument("--save-latent", metavar="PATH", help="also write the final latent (.safetensors) to extend later")
     p.add_argument("--output", default="pyramid_flow.mp4", help="an .mp4 path, or a folder for PNG frames")
     return p
@@ -123,7 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     dtype = COMPUTE_DTYPES[args.dtype] if args.dtype else None
     offload = False if args.no_offload else None  # None: on for CUDA
     pipe = PyramidFlowPipeline.from_pretrained(folder, dit_folder=PRESETS[args.resolution][2], device=torch.device(args.device),
-                                               dtype=dtype, offload=offload)
+                                               dtype=dtype, offload=offload, compile_options={} if args.compile else None)
     schedule = read_schedule(args.prompt_schedule)
     common = dict(negative_prompt=args.negative, noise=args.noise, callback=ProgressBar("sampling").step,
                   history_window=args.history_window, prompt_schedule=schedule)

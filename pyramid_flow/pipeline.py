@@ -6,12 +6,13 @@ themselves.
 
 import os
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from . import latents as latent_utils
 from .dit import load_dit
+from .dit.compile import compiled_blocks
 from .image import ImageLike, image_to_vae_input, resize_to, to_pil
 from .loading.detect import checkpoint_kind
 from .loading.hub import DIT_FOLDERS, VAE_FOLDER
@@ -56,14 +57,18 @@ class PyramidFlowPipeline:
         dtype: torch.dtype = torch.float32,
         scheduler: Optional[PyramidFlowScheduler] = None,
         offload: bool = False,
+        compile_options: Optional[Mapping] = None,
     ):
         """``offload``: keep the models on the CPU and move each to ``device`` only while it runs (text encoders,
-        then the DiT, then the VAE), the official ``cpu_offloading``; for cards that cannot hold all at once."""
+        then the DiT, then the VAE), the official ``cpu_offloading``; for cards that cannot hold all at once.
+        ``compile_options``: ``torch.compile`` kwargs for the DiT blocks while sampling ({} for the defaults;
+        None runs eager)."""
         self.dit, self.vae, self.text_encoder = dit, vae, text_encoder
         self.variant, self.checkpoint = variant, checkpoint
         self.device, self.dtype = torch.device(device), dtype
         self.scheduler = scheduler or PyramidFlowScheduler()
         self.offload = offload
+        self.compile_options = compile_options
 
     @contextmanager
     def _placed(self, module: torch.nn.Module):
@@ -78,6 +83,12 @@ class PyramidFlowPipeline:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 
+    @contextmanager
+    def _sampling_dit(self):
+        """The DiT placed for sampling, its blocks compiled when ``compile_options`` asks for it."""
+        with self._placed(self.dit) as dit, compiled_blocks(dit, self.compile_options):
+            yield dit
+
     @classmethod
     def from_pretrained(
         cls,
@@ -87,6 +98,7 @@ class PyramidFlowPipeline:
         dtype: Optional[torch.dtype] = None,
         load_text_encoder: bool = True,
         offload: Optional[bool] = None,
+        compile_options: Optional[Mapping] = None,
     ) -> "PyramidFlowPipeline":
         """Load an official Hugging Face folder (``rain1011/pyramid-flow-miniflux`` or ``-sd3`` layout).
 
@@ -103,7 +115,8 @@ class PyramidFlowPipeline:
         text_encoder = (
             PyramidTextEncoder.from_pretrained(root, variant.name, dtype=dtype, device=load_device) if load_text_encoder else None
         )
-        return cls(dit, vae, text_encoder, variant, checkpoint_kind(dit_path), device, dtype, offload=offload)
+        return cls(dit, vae, text_encoder, variant, checkpoint_kind(dit_path), device, dtype, offload=offload,
+                   compile_options=compile_options)
 
     # --- text --------------------------------------------------------------------------------------------------
 
@@ -180,7 +193,7 @@ class PyramidFlowPipeline:
         """
         self.check_request(width, height, temp)
         cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, temp)
-        with self._placed(self.dit) as dit:
+        with self._sampling_dit() as dit:
             latents = self._sampler(dit, seed, noise, callback).text_to_video(
                 cond, uncond, height=height, width=width, temp=temp, first_frame_steps=num_inference_steps,
                 video_steps=video_num_inference_steps, guidance_scale=guidance_scale,
@@ -213,7 +226,7 @@ class PyramidFlowPipeline:
         self.check_request(image.width, image.height, temp)
         cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, temp)
         moments = self.encode_image(image, callback=decode_callback)
-        with self._placed(self.dit) as dit:
+        with self._sampling_dit() as dit:
             latents = self._sampler(dit, seed, noise, callback).image_to_video(
                 cond, uncond, image_moments=moments, variant=self.variant, temp=temp, steps=num_inference_steps,
                 guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale, history_window=history_window,
@@ -243,7 +256,7 @@ class PyramidFlowPipeline:
         height, width = latent_utils.pixel_size(latents)
         self.check_request(width, height, latents.shape[2] + units)
         cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, latents.shape[2] + units)
-        with self._placed(self.dit) as dit:
+        with self._sampling_dit() as dit:
             return self._sampler(dit, seed, noise, callback).extend(
                 cond, uncond, history=latents, units=units, steps=num_inference_steps, guidance_scale=guidance_scale,
                 video_guidance_scale=video_guidance_scale, history_window=history_window,

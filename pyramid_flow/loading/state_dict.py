@@ -133,9 +133,9 @@ def _open_bin(path: str) -> _MappingFile:
 class WeightSource:
     """The tensors of a weight file, a sharded index or an official component folder.
 
-    ``reader`` (optional) opens one weight file as a mapping of tensors, e.g. ComfyUI's memory-mapped
-    ``comfy.utils.load_torch_file``; by default safetensors are read through their header (tensors on request) and
-    ``.bin`` files are memory-mapped with ``weights_only``. A common wrapper prefix is removed from the keys.
+    ``reader`` (optional) opens one safetensors file as a mapping of tensors, e.g. ComfyUI's memory-mapped
+    ``comfy.utils.load_torch_file``; by default safetensors are read through their header (tensors on request).
+    ``.bin`` files are always memory-mapped with ``weights_only``. A common wrapper prefix is removed from the keys.
     """
 
     def __init__(self, path: str, reader: Optional[Reader] = None, prefixes: Iterable[str] = ()):
@@ -149,11 +149,14 @@ class WeightSource:
 
     @staticmethod
     def _open(file: str, reader: Optional[Reader]):
-        if reader is not None:
-            return _MappingFile(reader(file))
         if file.endswith(PICKLE_EXTENSIONS):
-            return _open_bin(file)
-        return _SafetensorsFile(file)
+            return _open_bin(file)  # always weights_only, with the error that names an unsafe pickle
+        if reader is None:
+            return _SafetensorsFile(file)
+        try:
+            return _MappingFile(reader(file))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise _truncated(file, err) from err
 
     def keys(self) -> List[str]:
         """The keys without the wrapper prefix."""
