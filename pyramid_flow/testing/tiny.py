@@ -8,7 +8,7 @@ identical.
 import hashlib
 import json
 import os
-from typing import Dict
+from typing import Dict, Iterator, Tuple
 
 import torch
 from safetensors.torch import save_file
@@ -36,7 +36,7 @@ T5_SIZE = 32
 COMPLETE_MARKER = ".tiny_complete"
 
 
-def _vae_config() -> dict:
+def tiny_vae_config() -> dict:
     flags = [True, True, True, False]
     return {
         "_class_name": "CausalVideoVAE", "add_post_quant_conv": True, "downsample_scale": 8, "interpolate": False,
@@ -53,26 +53,27 @@ def _vae_config() -> dict:
     }
 
 
-def _random_state_dict(module: torch.nn.Module, generator: torch.Generator) -> Dict[str, torch.Tensor]:
-    """Fill every tensor of a (meta) module's state dict: N(0, 1/sqrt(fan_in)) matrices, 1 + N(0, 0.05) vectors."""
-    state_dict = {}
+def random_tensors(module: torch.nn.Module, generator: torch.Generator) -> Iterator[Tuple[str, torch.Tensor]]:
+    """Random values for every tensor of a (meta) module's state dict, one at a time, float32 on the generator's
+    device: N(0, 1/sqrt(fan_in)) matrices, 1 + N(0, 0.05) weight vectors, N(0, 0.02) biases."""
+    device = generator.device
     for name, tensor in module.state_dict().items():
         if tensor.dim() >= 2:
             fan_in = tensor[0].numel()
-            value = torch.randn(tensor.shape, generator=generator) / fan_in**0.5
+            value = torch.randn(tensor.shape, generator=generator, device=device) / fan_in**0.5
         elif name.endswith("weight"):
-            value = 1 + 0.05 * torch.randn(tensor.shape, generator=generator)
+            value = 1 + 0.05 * torch.randn(tensor.shape, generator=generator, device=device)
         else:
-            value = 0.02 * torch.randn(tensor.shape, generator=generator)
-        state_dict[name] = value.contiguous()
-    return state_dict
+            value = 0.02 * torch.randn(tensor.shape, generator=generator, device=device)
+        yield name, value.contiguous()
+
 
 
 def _write_component(folder: str, config: dict, module: torch.nn.Module, generator: torch.Generator, weights: str) -> None:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
-    save_file(_random_state_dict(module, generator), os.path.join(folder, weights), metadata={"format": "pt"})
+    save_file(dict(random_tensors(module, generator)), os.path.join(folder, weights), metadata={"format": "pt"})
 
 
 def _byte_symbols():
@@ -144,7 +145,7 @@ def _write_transformers_model(folder: str, config, generator: torch.Generator) -
         model = model_class(config)
     os.makedirs(folder, exist_ok=True)
     config.save_pretrained(folder)
-    state_dict = _random_state_dict(model, generator)
+    state_dict = dict(random_tensors(model, generator))
     if "shared.weight" in state_dict:  # T5 ties its input embedding to the shared one
         state_dict["encoder.embed_tokens.weight"] = state_dict["shared.weight"].clone()
     save_file(state_dict, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
@@ -152,7 +153,7 @@ def _write_transformers_model(folder: str, config, generator: torch.Generator) -
 
 def _fingerprint(variant: str, seed: int) -> str:
     """What the checkpoint is made from: a folder written from other configs is rebuilt."""
-    settings = [TINY_DIT[variant], _vae_config(), CLIP_SIZES, T5_SIZE, seed]
+    settings = [TINY_DIT[variant], tiny_vae_config(), CLIP_SIZES, T5_SIZE, seed]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -170,10 +171,23 @@ def build_tiny_checkpoint(root: str, variant: str = "miniflux", dit_folder: str 
     dit_config, dit_class = TINY_DIT[variant], DIT_CLASSES[variant]
     with torch.device("meta"):
         dit = dit_class(**dit_config)
-        vae = CausalVideoVAE(**_vae_config())
+        vae = CausalVideoVAE(**tiny_vae_config())
     _write_component(os.path.join(root, dit_folder), dit_config, dit, generator, "diffusion_pytorch_model.safetensors")
-    _write_component(os.path.join(root, "causal_video_vae"), _vae_config(), vae, generator, "diffusion_pytorch_model.safetensors")
+    _write_component(os.path.join(root, "causal_video_vae"), tiny_vae_config(), vae, generator, "diffusion_pytorch_model.safetensors")
     _write_text_encoders(root, variant, generator)
     with open(marker, "w", encoding="utf-8") as f:
         f.write(fingerprint)
     return root
+
+
+def with_random_weights(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    """A model built on ``meta`` filled with :func:`random_tensors` on the generator's device, each tensor in the
+    dtype the model built it with (computed tensors such as SD3's position table computed), in eval mode."""
+    storage = {name: tensor.dtype for name, tensor in model.state_dict().items()}
+    computed = model.computed_tensors([]) if hasattr(model, "computed_tensors") else {}
+    state_dict = {}
+    for name, value in random_tensors(model, generator):
+        value = computed[name].to(value.device) if name in computed else value
+        state_dict[name] = value.to(storage[name])
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
