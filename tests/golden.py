@@ -13,7 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pyramid_flow.noise import ReplayNoise
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOISE_KINDS = {"prepare_latents": "latents", "posterior_sample": "posterior", "block_noise": "block_noise"}
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -73,3 +76,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name
     assert tuple(actual.shape) == tuple(expected.shape), f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     diff = (actual.detach().double().cpu() - expected.double()).abs().max().item() if expected.numel() else 0.0
     assert diff <= atol, f"{name}: max |diff| {diff:.3g} > {atol:g}"
+
+
+def replay_noise(case: dict, recorded: dict) -> ReplayNoise:
+    """The case's official noise draws, in the order the manifest lists them."""
+    return ReplayNoise([(NOISE_KINDS[entry["kind"]], recorded[entry["key"]]) for entry in case["noise"]])

@@ -13,18 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from golden import assert_close, case_params, checkpoint_root, golden_root, require_case, tensors, variant_info
+from golden import (assert_close, case_params, checkpoint_root, golden_root, replay_noise, require_case, tensors,
+                    variant_info)
 from tolerance import assert_within_ulps
 from pyramid_flow import latents as latent_utils
 from pyramid_flow.image import image_to_vae_input
-from pyramid_flow.noise import ReplayNoise
 from pyramid_flow.pipeline import PyramidFlowPipeline
 from pyramid_flow.text import DEFAULT_NEGATIVE_PROMPT, effective_prompts
 from pyramid_flow.vae import ENCODE_TILE
 
 TEXT_ATOL = 1e-4
 LATENT_ATOL = 1e-3
-NOISE_KINDS = {"prepare_latents": "latents", "posterior_sample": "posterior", "block_noise": "block_noise"}
 
 
 BF16_ENVELOPE = 2.0  # our bf16 run may deviate from the fp32 golden at most 2x as much as the official bf16 run
@@ -35,10 +34,6 @@ BF16_FALLBACK = 0.1  # relative to the golden latents' max, when a manifest reco
 def pipeline(variant: str, dtype: torch.dtype = torch.float32) -> PyramidFlowPipeline:
     folder = variant_info(variant)["dit_folder"]
     return PyramidFlowPipeline.from_pretrained(checkpoint_root(variant), dit_folder=folder, dtype=dtype)
-
-
-def replay_noise(case: dict, recorded: dict) -> ReplayNoise:
-    return ReplayNoise([(NOISE_KINDS[entry["kind"]], recorded[entry["key"]]) for entry in case["noise"]])
 
 
 class RecordingDiT(torch.nn.Module):
