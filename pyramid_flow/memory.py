@@ -21,6 +21,7 @@ from .latents import LATENT_CHANNELS, SPATIAL_SCALE, TEMPORAL_SCALE, frames_for_
 from .dit.layers import MIN_PIECE_TOKENS, TOKEN_PIECES
 from .sampler import max_sequence_length, window_frames
 from .text.embeddings import TEXT_TOKENS
+from .vae.layers import FRAME_PIECE
 from .vae.tiling import tile_grid
 
 FLOAT32 = 4  # bytes; norms, RoPE and the SD3 position table compute in float32 whatever the activation dtype
@@ -219,13 +220,19 @@ class ChunkWalk:
         """GroupNorm + SiLU in float32: the upcast copy and the float32 result beside the held tensors."""
         self.at(held, self.bytes(channels, frames, pixels, upcast_bytes(self.s) + FLOAT32))
 
+    def norm_conv(self, held: int, c_in: int, c_out: int, frames: int, pixels: int) -> None:
+        """conv(SiLU(GroupNorm(x))) of an input held by the caller, over pieces of FRAME_PIECE frames written into
+        one output buffer (one pass, without a buffer, when the chunk is no longer than a piece)."""
+        piece = min(frames, FRAME_PIECE)
+        buffer = self.bytes(c_out, frames, pixels) if frames > piece else 0
+        self.norm(held + buffer, c_in, piece, pixels)
+        self.conv(held + buffer + self.bytes(c_in, piece, pixels), c_in, c_out, piece, pixels, piece, pixels)
+
     def resnet(self, outer: int, c_in: int, c_out: int, frames: int, pixels: int) -> None:
         x, y = self.bytes(c_in, frames, pixels), self.bytes(c_out, frames, pixels)
-        self.norm(outer + x, c_in, frames, pixels)
-        self.conv(outer + 2 * x, c_in, c_out, frames, pixels, frames, pixels)  # x, its normed copy
-        self.norm(outer + x + y, c_out, frames, pixels)
-        self.conv(outer + x + 2 * y, c_out, c_out, frames, pixels, frames, pixels)
-        self.at(outer, x if c_in == c_out else y, 2 * y)  # shortcut (a 1x1 conv if the channels change), x + h
+        self.norm_conv(outer + x, c_in, c_out, frames, pixels)
+        self.norm_conv(outer + x + y, c_out, c_out, frames, pixels)  # x and the first conv's output held
+        self.at(outer, x, 2 * y if c_in != c_out else y)  # the shortcut's 1x1 conv if the channels change; x + h in h
 
     def attention(self, outer: int, channels: int, frames: int, pixels: int) -> None:
         """The mid block's per-frame attention: x, normed x, q, k, v, output, residual sum (no score matrix)."""
@@ -234,10 +241,13 @@ class ChunkWalk:
         self.at(outer, 7 * x)
 
     def upsample(self, outer: int, channels: int, frames: int, pixels: int, factor: int) -> None:
-        """A conv to ``factor`` x the channels, then the depth-to-space copy beside the conv output."""
-        x, y = self.bytes(channels, frames, pixels), self.bytes(channels * factor, frames, pixels)
-        self.conv(outer + x, channels, channels * factor, frames, pixels, frames, pixels)
-        self.at(outer, x, 2 * y)
+        """A conv to ``factor`` x the channels, then the depth-to-space copy beside the conv output, over pieces of
+        FRAME_PIECE frames written into one output buffer."""
+        piece = min(frames, FRAME_PIECE)
+        x, y = self.bytes(channels, frames, pixels), self.bytes(channels * factor, piece, pixels)
+        buffer = self.bytes(channels * factor, frames, pixels) if frames > piece else 0
+        self.conv(outer + x + buffer, channels, channels * factor, piece, pixels, piece, pixels)
+        self.at(outer, x, buffer, 2 * y)
 
     def blocks(self, stack: VaeStack, c_in: int, frames: int, pixels: int, outer: int,
                decode: bool) -> Tuple[int, int, int]:

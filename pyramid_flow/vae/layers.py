@@ -16,7 +16,7 @@ the official bf16 autocast (under which group_norm runs in float32). GroupNorm w
 float32 (a few KB).
 """
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -68,6 +68,31 @@ def is_first_chunk(cache: Optional[CausalCache]) -> bool:
     return cache is None or cache.first_chunk
 
 
+FRAME_PIECE = 2  # frames per piece of frame-local work inside a chunk (see per_frame_pieces)
+
+
+def per_frame_pieces(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``fn`` over pieces of FRAME_PIECE frames of x [B, C, T, H, W], in order, the outputs written one after the
+    other into one buffer in the VAE layout (``fn`` may return r frames per input frame).
+
+    For work that is per frame (GroupNorm, depth-to-space) or causal with its context in a :class:`CausalCache`
+    (the convolutions, which pad each piece with the last frames of the one before): the same values as one pass,
+    with the temporaries of one piece instead of the whole chunk's."""
+    frames = x.shape[2]
+    if frames <= FRAME_PIECE:
+        return fn(x)
+    out, written = None, 0
+    for start in range(0, frames, FRAME_PIECE):
+        piece = fn(x[:, :, start : start + FRAME_PIECE])
+        if out is None:
+            b, c, n, h, w = piece.shape
+            total = frames * n // min(FRAME_PIECE, frames)
+            out = torch.empty((b, c, total, h, w), dtype=piece.dtype, device=piece.device, memory_format=LAYOUT)
+        out[:, :, written : written + piece.shape[2]] = piece
+        written += piece.shape[2]
+    return out
+
+
 def norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """SiLU(GroupNorm(x)) of every frame on its own (official ``modeling_causal_conv.py: CausalGroupNorm``).
 
@@ -97,8 +122,9 @@ class CausalConv3d(nn.Module):
                                       padding=(0, space_pad, space_pad), bias=bias, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
-        """x [B, C_in, T, H, W] -> [B, C_out, T', H', W']."""
-        first = is_first_chunk(cache)
+        """x [B, C_in, T, H, W] -> [B, C_out, T', H', W']. With a cache, the first call of a stream pads with zeros
+        and every later call (a later chunk, or a later piece of the same chunk) with the cached frames."""
+        first = cache is None or self not in cache.frames
         front = self.time_pad if first else self.context_frames
         if front:
             x = torch.cat([zeros_like_frames(x, front) if first else cache.frames[self], x], dim=2)
@@ -120,11 +146,14 @@ class CausalResnetBlock3D(nn.Module):
         self.conv_shortcut = CausalConv3d(in_channels, out_channels, 1, **conv) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
-        h = self.conv1(norm_silu(self.norm1, x), cache)
-        h = self.conv2(norm_silu(self.norm2, h), cache)
+        """Norm and conv run over pieces of frames (the normed input and the conv's padded copy exist for one
+        piece at a time); a one-shot call gets a cache of its own to carry the convs' context between pieces."""
+        cache = CausalCache() if cache is None else cache
+        h = per_frame_pieces(lambda frames: self.conv1(norm_silu(self.norm1, frames), cache), x)
+        h = per_frame_pieces(lambda frames: self.conv2(norm_silu(self.norm2, frames), cache), h)
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x, cache)
-        return x + h
+        return h.add_(x)  # x + h
 
 
 class CausalDownsample(nn.Module):
@@ -153,15 +182,18 @@ class CausalUpsample(nn.Module):
         self.conv = CausalConv3d(channels, out_channels, 3, dtype=dtype, device=device, operations=operations)
 
     def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
+        drop_first = self.factors[0] > 1 and is_first_chunk(cache)
+        cache = CausalCache() if cache is None else cache
+        x = per_frame_pieces(lambda frames: self.depth_to_space(self.conv(frames, cache)), x)
+        return x[:, :, 1:] if drop_first else x
+
+    def depth_to_space(self, y: torch.Tensor) -> torch.Tensor:
+        """[B, C pt ph pw, T, H, W] (physically [B, T, H, W, (c pt ph pw)]) -> [B, C, T pt, H ph, W pw]."""
         pt, ph, pw = self.factors
-        y = self.conv(x, cache)  # [B, C pt ph pw, T, H, W], physically [B, T, H, W, (c pt ph pw)]
         b, _, t, h, w = y.shape
         y = y.permute(0, 2, 3, 4, 1).reshape(b, t, h, w, -1, pt, ph, pw)
-        y = y.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, t * pt, h * ph, w * pw, -1)  # the one copy: depth to space
-        x = y.permute(0, 4, 1, 2, 3)  # [B, C, T pt, H ph, W pw], channels_last_3d
-        if pt > 1 and is_first_chunk(cache):
-            x = x[:, :, 1:]
-        return x
+        y = y.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, t * pt, h * ph, w * pw, -1)  # the one copy
+        return y.permute(0, 4, 1, 2, 3)  # channels_last_3d
 
 
 class FrameAttention(nn.Module):
