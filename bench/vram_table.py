@@ -3,7 +3,8 @@
 For each variant and workflow, with bf16 or fp8 weights:
 - sampling peak: DiT weights + the activations of the largest DiT call (the last unit's last stage, CFG batch 2,
   computed in bf16);
-- decode peak: VAE weights (bf16) + the save_memory decode (tile 256, window 1) with the output video;
+- decode peak: VAE weights (bf16) + the save_memory decode (tile 256, window 1), the video assembled off the GPU
+  (the decode node and the CLI do);
 - with offload (ComfyUI's default, the CLI's default): one model on the GPU at a time, so the card needs the
   largest of text encoding, sampling and decoding;
 - without offload: every model resident (text encoders, DiT, VAE) plus the largest activations.
@@ -57,7 +58,8 @@ def workflow_row(variant: str, weights: str, dit_bytes: int, vae_bytes: int,
     temp = temp_for_seconds(seconds)
     activations = dit_memory_estimate(variant, {}, height, width, temp - 1, 2, torch.bfloat16, window)
     latent = (1, LATENT_CHANNELS, temp, height // SPATIAL_SCALE, width // SPATIAL_SCALE)
-    decode = vae_decode_memory(latent, SAVE_MEMORY_DECODE.window_size, SAVE_MEMORY_DECODE.tile_sample_min_size)
+    decode = vae_decode_memory(latent, SAVE_MEMORY_DECODE.window_size, SAVE_MEMORY_DECODE.tile_sample_min_size,
+                               output_on_device=False)  # the decode node and the CLI assemble the video off the GPU
     text = T5_BYTES[weights] + CLIP_BYTES[variant]
     sampling, decoding = dit_bytes + activations, vae_bytes + decode
     offload = max(text, sampling, decoding)

@@ -73,17 +73,18 @@ def encode_with_retry(vae, video: torch.Tensor, tile: int, window: int, what: st
 def decode_latent(vae, z: torch.Tensor, tile: int, tile_overlap: float, window: int) -> torch.Tensor:
     """VAE-space latent [B, 16, T, h, w] -> IMAGE [B*F, H, W, 3] on the intermediate device."""
     dtype, module = vae.model.dtype_, vae.model.vae
-    mm.load_models_gpu([vae], memory_required=module.decode_memory(tuple(z.shape), window, tile or None, tile_overlap))
+    output_device = mm.intermediate_device()  # the video is assembled there: the VAE's device holds a tile at a time
+    on_device = torch.device(output_device) == torch.device(vae.load_device)
+    memory = module.decode_memory(tuple(z.shape), window, tile or None, tile_overlap, output_on_device=on_device)
+    mm.load_models_gpu([vae], memory_required=memory)
     z = z.to(device=vae.load_device, dtype=dtype)
 
     def decode(tile: int, window: int) -> torch.Tensor:
         with torch.no_grad():
             return module.decode(z, temporal_chunk=True, window_size=window, tile_sample_min_size=tile or None,
-                                 tile_overlap=tile_overlap, callback=progress_callback())
+                                 tile_overlap=tile_overlap, callback=progress_callback(), output_device=output_device)
 
-    video = run_with_oom_retry(decode, tile, window, "VAE decode")
-    # off the GPU in the VAE's dtype first: the float32 conversion of a long video would double its size there
-    return video_to_image(video.to(mm.intermediate_device()))
+    return video_to_image(run_with_oom_retry(decode, tile, window, "VAE decode"))
 
 
 def latent_5d(samples: dict, name: str = "samples") -> torch.Tensor:

@@ -338,13 +338,14 @@ def chunk_frames(total: int, window: int, scale: int) -> Tuple[int, int]:
 
 def vae_decode_bytes(shape: VaeShape, latent_shape: Sequence[int], window_size: int = 1,
                      tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25,
-                     dtype: torch.dtype = torch.bfloat16) -> int:
+                     dtype: torch.dtype = torch.bfloat16, output_on_device: bool = True) -> int:
     """Peak bytes of ``CausalVideoVAE.decode(temporal_chunk=True, ...)`` beyond the weights.
 
     latent_shape: [B, 16, T, h, w]; window_size: latent frames per chunk; tile_sample_min_size: tile in pixels
     (None: untiled); dtype: the VAE's dtype. The peak is one chunk of the largest tile plus the video it writes
-    into: the tile's frames, the whole output (there from the second tile on) and the blend strips kept for the
-    next row and column.
+    into: the tile's frames, the whole output (there from the second tile on; not with ``output_on_device=False``,
+    when ``decode(output_device=...)`` assembles it elsewhere) and the blend strips kept for the next row and
+    column.
     """
     batch, _, latent_frames, h, w = latent_shape
     s, frames = dtype.itemsize, frames_for_temp(latent_frames)
@@ -355,14 +356,33 @@ def vae_decode_bytes(shape: VaeShape, latent_shape: Sequence[int], window_size: 
         pixels = th * tw * SPATIAL_SCALE ** 2
         first_peak, later_peak = chunk_peaks(shape, True, first, later, th * tw, batch, s)
         # From the second chunk on: the tile's frames (gathered from its chunks) and the previous chunk's frames.
-        gathered = batch * 3 * (frames + TEMPORAL_SCALE * window_size) * pixels * s
+        untiled = tile is None or (h <= tile and w <= tile)
+        tile_frames = 0 if untiled and not output_on_device else frames  # untiled, the gathered frames are the output
+        gathered = batch * 3 * (tile_frames + TEMPORAL_SCALE * window_size) * pixels * s
         peak = max(peak, first_peak, later_peak + gathered if later else 0)
     if tile is None or (h <= tile and w <= tile):
-        return peak  # untiled: the gathered frames are the output
-    output = batch * 3 * frames * h * w * SPATIAL_SCALE ** 2 * s
+        return peak
+    output = batch * 3 * frames * h * w * SPATIAL_SCALE ** 2 * s if output_on_device else 0
     blend = int(tile_sample_min_size * tile_overlap)
     strips = batch * 3 * frames * blend * (w * SPATIAL_SCALE + tile_sample_min_size) * s
     return peak + output + strips
+
+
+def vae_stream_cache_bytes(shape: VaeShape, latent_shape: Sequence[int], window_size: int = 1,
+                           tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25,
+                           dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes of every tile's causal cache together: what ``CausalVideoVAE.iter_decode`` keeps between chunks."""
+    batch, _, latent_frames, h, w = latent_shape
+    tile = tile_sample_min_size // SPATIAL_SCALE if tile_sample_min_size else None
+    grid = tile_grid(h, w, tile, tile_sample_min_size, tile_overlap, lambda n: n * SPATIAL_SCALE) if tile else None
+    first = chunk_frames(latent_frames, window_size, 1)[0]
+    total = 0
+    for rows in ([min(grid.tile, h - y) for y in grid.rows] if grid else [h]):
+        for cols in ([min(grid.tile, w - x) for x in grid.cols] if grid else [w]):
+            walk = ChunkWalk(dtype.itemsize, batch, first=True)
+            walk.decoder(shape, first, rows * cols)
+            total += walk.cache
+    return total
 
 
 def vae_encode_bytes(shape: VaeShape, video_shape: Sequence[int], window_size: int = 2,
@@ -388,10 +408,10 @@ def vae_encode_bytes(shape: VaeShape, video_shape: Sequence[int], window_size: i
 
 def vae_decode_memory(latent_shape: Sequence[int], window_size: int = 1, tile_sample_min_size: Optional[int] = 256,
                       tile_overlap: float = 0.25, dtype: torch.dtype = torch.bfloat16,
-                      config: Optional[Mapping] = None) -> int:
+                      config: Optional[Mapping] = None, output_on_device: bool = True) -> int:
     """:func:`vae_decode_bytes` from a VAE ``config.json`` (None: the official VAE), without building the model."""
     return vae_decode_bytes(VaeShape.from_config(config), latent_shape, window_size, tile_sample_min_size,
-                            tile_overlap, dtype)
+                            tile_overlap, dtype, output_on_device)
 
 
 def vae_encode_memory(video_shape: Sequence[int], window_size: int = 2, tile_sample_min_size: Optional[int] = 256,

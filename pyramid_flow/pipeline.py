@@ -286,9 +286,19 @@ class PyramidFlowPipeline:
         """Normalised latents -> uint8 frames [n, H, W, 3], one decoded chunk at a time: a video of any length is
         written out with the memory of one chunk (the numbers equal :meth:`decode`'s)."""
         with self._placed(self.vae) as vae:
-            for piece in vae.iter_decode(latent_utils.denormalize(latents, self.variant), settings.window_size,
-                                         settings.tile_sample_min_size, callback=callback):
+            latent = latent_utils.denormalize(latents, self.variant)
+            for piece in vae.iter_decode(latent, settings.window_size, settings.tile_sample_min_size,
+                                         callback=callback, cache_device=self._cache_device(vae, latent, settings)):
                 yield latent_utils.to_uint8(piece)
+
+    def _cache_device(self, vae: torch.nn.Module, latent: torch.Tensor, settings: DecodeSettings) -> Optional[torch.device]:
+        """The CPU when every tile's causal cache together would take more than half the free GPU memory (768p has
+        28 tiles of 256 px, about 0.5 GB of cache each in bf16); None (keep them on the device) otherwise."""
+        if self.device.type != "cuda":
+            return None
+        needed = vae.stream_cache_memory(tuple(latent.shape), settings.window_size, settings.tile_sample_min_size)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return torch.device("cpu") if needed > free // 2 else None
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, settings: DecodeSettings = SAVE_MEMORY_DECODE, callback=None) -> torch.Tensor:

@@ -119,6 +119,42 @@ def test_tiled_decode_matches_official_loops(vae, tile_px, overlap, height, widt
     assert_within_ulps(streamed, expected, name="streamed tiled decode")
 
 
+@pytest.mark.parametrize("tile_px", [None, 16])
+def test_decode_assembles_the_video_on_the_output_device(vae, tile_px):
+    """output_device: the video is allocated there (``meta`` stands in for the CPU beside a GPU) and filled piece by
+    piece; on the compute device itself the values are those of the default path."""
+    _, latent = inputs(latent_frames=3, height=24, width=32)
+    kwargs = dict(temporal_chunk=True, window_size=1, tile_sample_min_size=tile_px)
+    default = vae.decode(latent, **kwargs)
+    assert torch.equal(vae.decode(latent, **kwargs, output_device=torch.device("cpu")), default)
+    elsewhere = vae.decode(latent, **kwargs, output_device=torch.device("meta"))
+    assert elsewhere.device.type == "meta" and elsewhere.shape == default.shape
+
+
+def test_streamed_decode_can_park_the_tile_caches(vae, monkeypatch):
+    """iter_decode(cache_device=...) moves each tile's cache there after its chunk and back before the next one;
+    the frames are unchanged."""
+    from pyramid_flow.vae.layers import CausalCache
+    from pyramid_flow.vae.streaming import temporal_chunks
+
+    _, latent = inputs(latent_frames=3, height=24, width=32)
+    expected = torch.cat(list(vae.iter_decode(latent, 1, tile_sample_min_size=16)), dim=2)
+    moves = []
+    original = CausalCache.to
+
+    def spy(cache, device):
+        moves.append((id(cache), torch.device(device).type))
+        return original(cache, device)
+
+    monkeypatch.setattr(CausalCache, "to", spy)
+    parked = torch.cat(list(vae.iter_decode(latent, 1, tile_sample_min_size=16, cache_device=torch.device("cpu"))), 2)
+    assert torch.equal(parked, expected)
+    caches = {cache for cache, _ in moves}
+    assert len(caches) > 1  # one per tile
+    chunks = len(temporal_chunks(latent.shape[2], 1))
+    assert all(len([m for m in moves if m[0] == cache]) == 2 * chunks for cache in caches)  # back and away, per chunk
+
+
 @pytest.mark.parametrize("tile_px, overlap", [(16, 0.25), (24, 0.25), (32, 0.5)])
 def test_tiled_encode_matches_official_loops(vae, tile_px, overlap):
     video, _ = inputs(frames=9, height=40, width=48)

@@ -63,6 +63,11 @@ class CausalCache:
         self.frames: Dict[nn.Module, torch.Tensor] = {}  # conv -> last frames of its padded input [B, C, n, H, W]
         self.first_chunk = True
 
+    def to(self, device: torch.device) -> "CausalCache":
+        """Move the cached frames (e.g. parked on the CPU between the chunks of a tile)."""
+        self.frames = {conv: frames.to(device) for conv, frames in self.frames.items()}
+        return self
+
 
 def is_first_chunk(cache: Optional[CausalCache]) -> bool:
     return cache is None or cache.first_chunk

@@ -229,41 +229,46 @@ class CausalVideoVAE(nn.Module):
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, temporal_chunk: bool = False, window_size: int = 2,
                tile_sample_min_size: Optional[int] = None, tile_overlap: float = 0.25,
-               callback: Progress = None) -> torch.Tensor:
+               callback: Progress = None, output_device: Optional[torch.device] = None) -> torch.Tensor:
         """latent [B, 16, T', h, w] -> video [B, 3, 8 T' - 7, 8 h, 8 w], nominally in [-1, 1] (not clamped).
 
         temporal_chunk / window_size: decode window_size latent frames at a time after a first chunk of
         window_size + 1, carrying the causal cache (same result up to float rounding). tile_sample_min_size:
         None for no spatial tiling; otherwise tiles of that many pixels when 8h or 8w exceeds it (official
         save_memory: 256 with window 1; 512 with window 2). callback(done, total) runs after each decoded
-        piece (one temporal chunk of one tile) and may raise to interrupt.
+        piece (one temporal chunk of one tile) and may raise to interrupt. output_device: where the video is
+        assembled (default: the latent's device); e.g. the CPU, so that a GPU holds one chunk or tile at a time.
         """
         window, grid = self._decode_plan(latent, temporal_chunk, window_size, tile_sample_min_size, tile_overlap)
         progress = ProgressCounter(callback, self._piece_count(latent.shape[2], window, grid))
         frames = self.decoded_frames(latent.shape[2])
         if grid is None:
-            return gather_frames(progress.track(stream(self._decode_run, latent, window)), frames)
+            return gather_frames(progress.track(stream(self._decode_run, latent, window)), frames, output_device)
         # Tile by tile over all frames (the official order): one tile's cache and frames live at a time.
-        assembler = TileAssembler(grid)
+        assembler = TileAssembler(grid, output_device)
         for i, j, tile in grid.tiles(latent):
             assembler.add(i, j, gather_frames(progress.track(stream(self._decode_run, tile, window)), frames))
         return assembler.output
 
     @torch.no_grad()
     def iter_decode(self, latent: torch.Tensor, window_size: int = 2, tile_sample_min_size: Optional[int] = None,
-                    tile_overlap: float = 0.25, callback: Progress = None) -> Iterator[torch.Tensor]:
+                    tile_overlap: float = 0.25, callback: Progress = None,
+                    cache_device: Optional[torch.device] = None) -> Iterator[torch.Tensor]:
         """Decode chunk by chunk, yielding video pieces [B, 3, n, 8 h, 8 w] in frame order.
 
         The pieces, concatenated, equal ``decode(latent, temporal_chunk=True, window_size=...,
-        tile_sample_min_size=..., tile_overlap=...)``; memory holds one chunk of frames (plus every tile's causal
-        cache with tiling), so a video of any length can be written out as it decodes.
+        tile_sample_min_size=..., tile_overlap=...)``; memory holds one chunk of frames plus every tile's causal
+        cache (:meth:`stream_cache_memory`), so a video of any length can be written out as it decodes.
+        ``cache_device``: park each tile's cache there (e.g. the CPU) between its chunks, when the caches of all
+        tiles do not fit beside the decode; it costs a copy of the cache each way per chunk.
         """
         window, grid = self._decode_plan(latent, True, window_size, tile_sample_min_size, tile_overlap)
         progress = ProgressCounter(callback, self._piece_count(latent.shape[2], window, grid))
         if grid is None:
             yield from progress.track(stream(self._decode_run, latent, window))
             return
-        streams = [(i, j, progress.track(stream(self._decode_run, tile, window))) for i, j, tile in grid.tiles(latent)]
+        streams = [(i, j, progress.track(stream(self._decode_run, tile, window, cache_device)))
+                   for i, j, tile in grid.tiles(latent)]
         for _ in temporal_chunks(latent.shape[2], window):
             assembler = TileAssembler(grid)
             for i, j, pieces in streams:
@@ -273,13 +278,23 @@ class CausalVideoVAE(nn.Module):
     # --- memory ------------------------------------------------------------------------------------------------
 
     def decode_memory(self, latent_shape: Sequence[int], window_size: int = 1,
-                      tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25) -> int:
+                      tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25,
+                      output_on_device: bool = True) -> int:
         """Peak bytes beyond the weights of ``decode(latent, temporal_chunk=True, ...)`` for a latent of
-        ``latent_shape`` [B, 16, T, h, w], in this VAE's dtype. See :func:`pyramid_flow.memory.vae_decode_bytes`."""
+        ``latent_shape`` [B, 16, T, h, w], in this VAE's dtype; ``output_on_device=False`` when the video is
+        assembled on another device (``output_device``). See :func:`pyramid_flow.memory.vae_decode_bytes`."""
         from ..memory import VaeShape, vae_decode_bytes  # memory imports vae.tiling, and so this package
 
         return vae_decode_bytes(VaeShape.of_model(self), latent_shape, window_size, tile_sample_min_size,
-                                tile_overlap, self.decoder.conv_in.conv.weight.dtype)
+                                tile_overlap, self.decoder.conv_in.conv.weight.dtype, output_on_device)
+
+    def stream_cache_memory(self, latent_shape: Sequence[int], window_size: int = 1,
+                            tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25) -> int:
+        """Bytes of the causal caches that :meth:`iter_decode` keeps for all tiles together."""
+        from ..memory import VaeShape, vae_stream_cache_bytes
+
+        return vae_stream_cache_bytes(VaeShape.of_model(self), latent_shape, window_size, tile_sample_min_size,
+                                      tile_overlap, self.decoder.conv_in.conv.weight.dtype)
 
     def encode_memory(self, video_shape: Sequence[int], window_size: int = 2,
                       tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25) -> int:

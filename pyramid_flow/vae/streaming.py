@@ -22,16 +22,21 @@ def temporal_chunks(frames: int, window_size: int) -> List[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def stream(run: Run, x: torch.Tensor, window_size: Optional[int]) -> Iterator[torch.Tensor]:
+def stream(run: Run, x: torch.Tensor, window_size: Optional[int],
+           cache_device: Optional[torch.device] = None) -> Iterator[torch.Tensor]:
     """run(piece, cache) over the temporal chunks of x [B, C, T, H, W] (``window_size`` input frames after a first
-    chunk of window_size + 1) with one causal cache, or once on all of x when ``window_size`` is None."""
+    chunk of window_size + 1) with one causal cache, or once on all of x when ``window_size`` is None.
+    ``cache_device``: where the cache waits between chunks (moved back to x's device for each chunk)."""
     if window_size is None:
         yield run(x, None)
         return
     cache = CausalCache()
     for frames in temporal_chunks(x.shape[2], window_size):
-        yield run(x[:, :, frames], cache)
+        piece = run(x[:, :, frames], cache.to(x.device) if cache_device is not None else cache)
         cache.first_chunk = False
+        if cache_device is not None:
+            cache.to(cache_device)
+        yield piece
 
 
 class ProgressCounter:
@@ -54,16 +59,16 @@ def cat_frames(pieces: Iterator[torch.Tensor]) -> torch.Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
 
-def gather_frames(pieces: Iterator[torch.Tensor], frames: int) -> torch.Tensor:
+def gather_frames(pieces: Iterator[torch.Tensor], frames: int, device: Optional[torch.device] = None) -> torch.Tensor:
     """Write the pieces [B, C, n, H, W] one after the other into one [B, C, frames, H, W] tensor, allocated once
-    (a list plus torch.cat would hold every frame twice)."""
+    on ``device`` (default: the pieces'; a list plus torch.cat would hold every frame twice)."""
     out, start = None, 0
     for piece in pieces:
         if out is None:
-            if piece.shape[2] == frames:
+            if piece.shape[2] == frames and device is None:
                 return piece
-            out = torch.empty((*piece.shape[:2], frames, *piece.shape[3:]), dtype=piece.dtype, device=piece.device,
-                              memory_format=LAYOUT)
+            out = torch.empty((*piece.shape[:2], frames, *piece.shape[3:]), dtype=piece.dtype,
+                              device=device or piece.device, memory_format=LAYOUT)
         out[:, :, start : start + piece.shape[2]] = piece
         start += piece.shape[2]
     return out

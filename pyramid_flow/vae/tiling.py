@@ -117,8 +117,9 @@ class TileAssembler:
     in place), so each tile can be freed as soon as it is placed.
     """
 
-    def __init__(self, grid: TileGrid):
-        self.grid = grid
+    def __init__(self, grid: TileGrid, output_device: Optional[torch.device] = None):
+        """``output_device``: where the output is allocated (default: the first tile's device)."""
+        self.grid, self.output_device = grid, output_device
         self.output: Optional[torch.Tensor] = None  # [B, C, T, H_out, W_out], allocated from the first tile
         self._above: List[Optional[torch.Tensor]] = [None] * len(grid.cols)
         self._left: Optional[torch.Tensor] = None
@@ -136,7 +137,8 @@ class TileAssembler:
             if j + 1 < len(grid.cols):
                 self._left = tile[..., -extent:].clone()
         if self.output is None:
-            self.output = torch.empty((*tile.shape[:3], *grid.out_size), dtype=tile.dtype, device=tile.device,
+            self.output = torch.empty((*tile.shape[:3], *grid.out_size), dtype=tile.dtype,
+                                      device=self.output_device or tile.device,
                                       memory_format=torch.channels_last_3d if tile.dim() == 5 else torch.contiguous_format)
         (y, h), (x, w) = grid.out_rows[i], grid.out_cols[j]
         self.output[:, :, :, y : y + h, x : x + w] = tile[:, :, :, :h, :w]
