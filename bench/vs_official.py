@@ -1,0 +1,291 @@
+"""Side-by-side benchmark: this project vs the OFFICIAL Pyramid Flow code (jy0205/Pyramid-Flow, commit 3040d717).
+
+    .venv/bin/python bench/vs_official.py --official ../official-work/ref \\
+        --official-python ../official-work/venv/bin/python [--quick] [--cases dit_flux_u2,vae_tile] \\
+        [--repeats 3] [--profile] [--workdir DIR] [--json results.json]
+
+(``../shared/official/setup_official.sh`` builds such a checkout and venv.) Each implementation runs in its own
+process with its own interpreter (the official venv's python for the official side, ``--ours-python``, default
+this interpreter, for ours). Per case:
+
+1. Random weights (seeded) are written once to ``--workdir`` in the official Hugging Face layout with config.json,
+   and the inputs to a .pt file; both sides load those same files (cases: bench/sidebyside/cases.py).
+2. A fresh process per side loads the weights; its RSS after loading is the baseline. The first call is made
+   (official, then ours); memory = peak RSS of that call above the baseline (VmHWM, reset before the call).
+3. N more calls, interleaved official, ours, official, ours, ...; time = min and median of these (fp32, CPU,
+   2 threads). Each call's peak above the RSS just before it shows how memory behaves over repeated calls.
+4. The outputs of the first calls are compared (max |diff|; uint8 frames and latents for generate()).
+   generate() cases also time the VAE decode inside generate() and, once more, outside it (same process).
+5. --profile: one more call per side under torch.profiler; per-operator self CPU time tables go to the workdir.
+
+--quick uses tiny shapes (about a minute in all): a smoke test of the whole harness, not a measurement.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE]
+
+from sidebyside import cases as C  # noqa: E402
+
+SIDES = ("official", "ours")
+
+
+# --- side processes --------------------------------------------------------------------------------------------
+
+class Side:
+    """One side-runner process (see sidebyside/protocol.py)."""
+
+    def __init__(self, name, argv, log_path, env):
+        self.name = name
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     text=True, env=env, cwd=REPO)
+
+    def ask(self, **msg) -> dict:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} side exited (rc {self.proc.wait()}); see {self.log_path}")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"{self.name} side failed on {msg['cmd']}: {reply['error']}\n{reply['traceback']}")
+        return reply
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.ask(cmd="exit")
+            self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log.close()
+
+
+def side_argv(args, name):
+    if name == "official":
+        argv = [args.official_python, os.path.join(HERE, "sidebyside", "side_official.py"), "--official", args.official]
+        if args.tv_stub:
+            argv += ["--tv-stub", args.tv_stub]
+        return argv
+    return [args.ours_python, os.path.join(HERE, "sidebyside", "side_ours.py")]
+
+
+def side_env(threads):
+    env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+    env.pop("PYTHONPATH", None)  # each side sets its own import path
+    return env
+
+
+# --- one case --------------------------------------------------------------------------------------------------
+
+def run_case(case, paths, args, log) -> dict:
+    env = side_env(args.threads)
+    sides = {name: Side(name, side_argv(args, name), os.path.join(args.workdir, f"log_{case['name']}_{name}.txt"), env)
+             for name in SIDES}
+    result = {"case": case, "sides": {}, "loadavg_before": loadavg()}
+    try:
+        for name, side in sides.items():
+            result["sides"][name] = {"load": side.ask(cmd="load", case=case, paths=paths), "calls": []}
+        outputs = {name: os.path.join(args.workdir, f"out_{case['name']}_{name}.pt") for name in SIDES}
+        for name, side in sides.items():  # first call: memory in a fresh process, outputs kept for the comparison
+            reply = side.ask(cmd="run", save=outputs[name])
+            result["sides"][name]["first"] = reply
+            log(f"  {name:8s} first call {reply['seconds']:7.2f} s, peak +{reply['peak_above_loaded_mb']:6.0f} MB")
+        for k in range(args.repeats):  # interleaved timed calls
+            for name, side in sides.items():
+                reply = side.ask(cmd="run", save=None)
+                result["sides"][name]["calls"].append(reply)
+                log(f"  {name:8s} call {k + 2}     {reply['seconds']:7.2f} s, peak +{reply['peak_above_before_mb']:6.0f} MB "
+                    f"above the RSS before it, RSS +{reply['rss_after_above_loaded_mb']:.0f} MB after")
+        if case["kind"] == "generate":
+            for _ in range(args.decode_repeats):
+                for name, side in sides.items():
+                    result["sides"][name].setdefault("decode_again_s", []).append(side.ask(cmd="decode_again")["seconds"])
+        if args.profile:
+            for name, side in sides.items():
+                out = os.path.join(args.workdir, f"profile_{case['name']}_{name}.txt")
+                result["sides"][name]["profile"] = side.ask(cmd="profile", out=out, rows=args.profile_rows)
+                log(f"  {name:8s} profile table: {out}")
+    finally:
+        for side in sides.values():
+            side.close()
+    result["loadavg_after"] = loadavg()
+    result["diff"] = compare(outputs)
+    return result
+
+
+def loadavg() -> float:
+    """The 1-minute load average: other processes on the machine skew CPU timings (the interleaving spreads it)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
+def compare(outputs) -> dict:
+    """max |official - ours| per saved tensor (uint8 frames compared as integers)."""
+    import torch
+
+    a, b = (torch.load(outputs[name]) for name in SIDES)
+    diff = {}
+    for key in a:
+        x, y = a[key], b[key]
+        if tuple(x.shape) != tuple(y.shape):
+            diff[key] = f"shape {tuple(x.shape)} vs {tuple(y.shape)}"
+        elif x.dtype == torch.uint8:
+            diff[key] = int((x.int() - y.int()).abs().max())
+        else:
+            diff[key] = float((x.double() - y.double()).abs().max())
+    return diff
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+def times(side) -> list:
+    return [c["seconds"] for c in side["calls"]] or [side["first"]["seconds"]]
+
+
+def summary_row(r) -> str:
+    o, u = r["sides"]["official"], r["sides"]["ours"]
+    to, tu = times(o), times(u)
+    mo, mu = statistics.median(to), statistics.median(tu)
+    mem_o, mem_u = o["first"]["peak_above_loaded_mb"], u["first"]["peak_above_loaded_mb"]
+    rep_o = "/".join(f"{c['peak_above_before_mb']:.0f}" for c in o["calls"]) or "-"
+    rep_u = "/".join(f"{c['peak_above_before_mb']:.0f}" for c in u["calls"]) or "-"
+    diff = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in r["diff"].items())
+    return (f"| {r['case']['name']} | {min(to):.2f} / {mo:.2f} s | {min(tu):.2f} / {mu:.2f} s | {mo / mu:.2f}x "
+            f"| {mem_o:,.0f} MB | {mem_u:,.0f} MB | {rep_o} | {rep_u} | {diff} |")
+
+
+def decode_row(r) -> str:
+    o, u = r["sides"]["official"], r["sides"]["ours"]
+
+    def cells(side):
+        inside = [c["extras"]["decode_in_generate_s"] for c in [side["first"], *side["calls"]]]
+        again = side.get("decode_again_s", [])
+        return statistics.median(inside), (statistics.median(again) if again else float("nan"))
+
+    (io, ao), (iu, au) = cells(o), cells(u)
+    return (f"| {r['case']['name']} | {io:.2f} s | {iu:.2f} s | {iu / io:.2f}x | {ao:.2f} s | {au:.2f} s "
+            f"| {au / ao:.2f}x |")
+
+
+def report(results, args) -> str:
+    first = results[0]["sides"]
+    lines = [
+        f"official torch {first['official']['load']['torch']}, ours torch {first['ours']['load']['torch']}, "
+        f"threads {first['ours']['load']['threads']}, repeats {args.repeats}{' (--quick)' if args.quick else ''}",
+        "",
+        "| case | official min / median | ours min / median | official / ours (median time) | extra memory, first call: official "
+        "| ours | per-call peak above the RSS before it, repeated calls (MB): official | ours | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [summary_row(r) for r in results]
+    generated = [r for r in results if r["case"]["kind"] == "generate"]
+    if generated:
+        lines += ["", "VAE decode inside generate() (median over all calls) and the same decode again outside it, "
+                  "same process:", "",
+                  "| case | official in generate() | ours in generate() | ours / official | official again "
+                  "| ours again | ours / official |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [decode_row(r) for r in generated]
+    lines += ["", "cases (1-min load average before -> after, this benchmark itself adds about 1):"]
+    lines += [f"- {r['case']['name']}: {r['case']['what']} (load {r['loadavg_before']:.1f} -> {r['loadavg_after']:.1f})"
+              for r in results]
+    profiled = [r for r in results if "profile" in r["sides"]["ours"]]
+    for r in profiled:
+        for name in SIDES:
+            p = r["sides"][name]["profile"]
+            lines += ["", f"profile {r['case']['name']} / {name}: {p['seconds']:.2f} s wall, "
+                          f"{p['total_self_s']:.2f} s self CPU in all ops; top ops by self CPU time:"]
+            lines += [f"  {e['self_s']:8.3f} s {100 * e['self_s'] / p['total_self_s']:5.1f}%  {e['calls']:7d} calls  {e['op']}"
+                      for e in p["top"][: args.profile_rows]]
+    return "\n".join(lines)
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+
+def write_fixtures(workdir, selected, ours_python) -> dict:
+    """Weights and inputs, written by the project's interpreter (it has the model classes)."""
+    code = ("import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/bench']; "
+            "from sidebyside import fixtures; cases = json.loads(sys.argv[3]); "
+            "print(json.dumps({c['name']: fixtures.prepare(c, sys.argv[2]) for c in cases}))")
+    out = subprocess.run([ours_python, "-c", code, REPO, workdir, json.dumps(selected)], check=True,
+                         capture_output=True, text=True, env=side_env(2), cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official", required=True, help="checkout of jy0205/Pyramid-Flow (e.g. ../official-work/ref)")
+    parser.add_argument("--official-python", required=True, help="python of a venv where the official code runs")
+    parser.add_argument("--ours-python", default=sys.executable, help="python for this project (default: this one)")
+    parser.add_argument("--tv-stub", default=os.path.join(REPO, "..", "shared", "official"),
+                        help="folder of tv_stub.py, the torchvision stand-in ('' when torchvision imports)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one repeat: a smoke test (~1 min)")
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all; --quick: one per kind)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved calls after the first (default 3, quick 1)")
+    parser.add_argument("--decode-repeats", type=int, default=None, help="generate(): decodes outside generate() per side")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="one torch.profiler call per side and case")
+    parser.add_argument("--profile-rows", type=int, default=10)
+    parser.add_argument("--workdir", default=None, help="weights, inputs, outputs and logs (kept; default: a temp dir)")
+    parser.add_argument("--json", default=None, help="write all measurements here")
+    args = parser.parse_args(argv)
+    args.official = os.path.abspath(args.official)
+    args.tv_stub = os.path.abspath(args.tv_stub) if args.tv_stub and os.path.isfile(
+        os.path.join(args.tv_stub, "tv_stub.py")) else None
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.decode_repeats is None:
+        args.decode_repeats = 1 if args.quick else 2
+    temporary = args.workdir is None
+    args.workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="pyramid-vs-official-"))
+    os.makedirs(args.workdir, exist_ok=True)
+
+    try:
+        selected = C.cases(args.quick, [n.strip() for n in args.cases.split(",") if n.strip()] or None)
+    except ValueError as err:
+        parser.error(str(err))
+
+    def log(text):
+        print(text, file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    try:
+        log(f"[vs_official] writing weights and inputs under {args.workdir}")
+        paths = write_fixtures(args.workdir, selected, args.ours_python)
+        results = []
+        for case in selected:
+            log(f"[vs_official] {case['name']}: {case['what']}")
+            results.append(run_case(case, paths[case["name"]], args, log))
+        print(report(results, args))
+        log(f"[vs_official] done in {time.perf_counter() - start:.0f} s")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+        bad = [r["case"]["name"] for r in results if any(isinstance(v, str) for v in r["diff"].values())]
+        if bad:
+            sys.exit(f"output shapes differ in {bad}")
+    finally:
+        if temporary and not args.profile:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
