@@ -102,21 +102,27 @@ def run_case(case, paths, args, log) -> dict:
             result["sides"][name] = {"load": side.ask(cmd="load", case=case, paths=paths), "calls": []}
         outputs = {name: os.path.join(args.workdir, f"out_{case['name']}_{name}.pt") for name in SIDES}
         for name, side in sides.items():  # first call: memory in a fresh process, outputs kept for the comparison
+            busy = wait_idle(args.wait_idle)
             reply = side.ask(cmd="run", save=outputs[name])
+            reply["busy_before"] = busy
             result["sides"][name]["first"] = reply
             log(f"  {name:8s} first call {reply['seconds']:7.2f} s, peak +{reply['peak_above_loaded_mb']:6.0f} MB")
         for k in range(args.repeats):  # interleaved timed calls
             for name, side in sides.items():
+                busy = wait_idle(args.wait_idle)
                 reply = side.ask(cmd="run", save=None)
+                reply["busy_before"] = busy
                 result["sides"][name]["calls"].append(reply)
                 log(f"  {name:8s} call {k + 2}     {reply['seconds']:7.2f} s, peak +{reply['peak_above_before_mb']:6.0f} MB "
                     f"above the RSS before it, RSS +{reply['rss_after_above_loaded_mb']:.0f} MB after")
         if case["kind"] == "generate":
             for _ in range(args.decode_repeats):
                 for name, side in sides.items():
+                    wait_idle(args.wait_idle)
                     result["sides"][name].setdefault("decode_again_s", []).append(side.ask(cmd="decode_again")["seconds"])
         if args.profile:
             for name, side in sides.items():
+                wait_idle(args.wait_idle)
                 out = os.path.join(args.workdir, f"profile_{case['name']}_{name}.txt")
                 result["sides"][name]["profile"] = side.ask(cmd="profile", out=out, rows=args.profile_rows)
                 log(f"  {name:8s} profile table: {out}")
@@ -126,6 +132,28 @@ def run_case(case, paths, args, log) -> dict:
     result["loadavg_after"] = loadavg()
     result["diff"] = compare(outputs)
     return result
+
+
+def cpu_busy(interval: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``interval`` s (/proc/stat). Our side runners are idle while we sample."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+
+    (idle0, total0), _ = sample(), time.sleep(interval)
+    idle1, total1 = sample()
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_idle(max_wait: float, threshold: float = 0.25) -> float:
+    """Wait (at most ``max_wait`` s) until other processes leave the CPUs nearly idle; returns the last busy
+    fraction. Two-thread timings on a shared 2-core machine are meaningless while others compute."""
+    deadline = time.monotonic() + max_wait
+    busy = cpu_busy(0.5) if max_wait > 0 else float("nan")
+    while max_wait > 0 and busy > threshold and time.monotonic() < deadline:
+        busy = cpu_busy(2.0)
+    return busy
 
 
 def loadavg() -> float:
@@ -165,11 +193,20 @@ def summary_row(r) -> str:
     to, tu = times(o), times(u)
     mo, mu = statistics.median(to), statistics.median(tu)
     mem_o, mem_u = o["first"]["peak_above_loaded_mb"], u["first"]["peak_above_loaded_mb"]
-    rep_o = "/".join(f"{c['peak_above_before_mb']:.0f}" for c in o["calls"]) or "-"
-    rep_u = "/".join(f"{c['peak_above_before_mb']:.0f}" for c in u["calls"]) or "-"
     diff = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in r["diff"].items())
     return (f"| {r['case']['name']} | {min(to):.2f} / {mo:.2f} s | {min(tu):.2f} / {mu:.2f} s | {mo / mu:.2f}x "
-            f"| {mem_o:,.0f} MB | {mem_u:,.0f} MB | {rep_o} | {rep_u} | {diff} |")
+            f"| {mem_o:,.0f} MB | {mem_u:,.0f} MB | {diff} |")
+
+
+def memory_row(r) -> str:
+    """Per call (first, then the repeats): peak above the RSS after loading / peak above the RSS just before the
+    call / RSS left after the call above the RSS after loading."""
+    def cells(side):
+        calls = [side["first"], *side["calls"]]
+        return " ; ".join(f"{c['peak_above_loaded_mb']:.0f}/{c['peak_above_before_mb']:.0f}/{c['rss_after_above_loaded_mb']:.0f}"
+                          for c in calls)
+
+    return f"| {r['case']['name']} | {cells(r['sides']['official'])} | {cells(r['sides']['ours'])} |"
 
 
 def decode_row(r) -> str:
@@ -185,17 +222,27 @@ def decode_row(r) -> str:
             f"| {au / ao:.2f}x |")
 
 
+def busy_note(r) -> str:
+    busy = [c.get("busy_before", float("nan")) for side in r["sides"].values() for c in [side["first"], *side["calls"]]]
+    busy = [b for b in busy if b == b]
+    return f"; CPUs busy before the calls: median {statistics.median(busy):.0%}, max {max(busy):.0%}" if busy else ""
+
+
 def report(results, args) -> str:
     first = results[0]["sides"]
     lines = [
         f"official torch {first['official']['load']['torch']}, ours torch {first['ours']['load']['torch']}, "
         f"threads {first['ours']['load']['threads']}, repeats {args.repeats}{' (--quick)' if args.quick else ''}",
         "",
-        "| case | official min / median | ours min / median | official / ours (median time) | extra memory, first call: official "
-        "| ours | per-call peak above the RSS before it, repeated calls (MB): official | ours | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | official min / median | ours min / median | official / ours (median time) "
+        "| extra memory, first call: official | ours | max abs diff (first calls) |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [summary_row(r) for r in results]
+    lines += ["", "Memory over the calls of one process (MB, first call then each repeat): peak above the RSS after "
+              "loading / peak above the RSS just before the call / RSS left after the call above the RSS after loading.",
+              "", "| case | official | ours |", "|---|---|---|"]
+    lines += [memory_row(r) for r in results]
     generated = [r for r in results if r["case"]["kind"] == "generate"]
     if generated:
         lines += ["", "VAE decode inside generate() (median over all calls) and the same decode again outside it, "
@@ -205,8 +252,8 @@ def report(results, args) -> str:
                   "|---|---|---|---|---|---|---|"]
         lines += [decode_row(r) for r in generated]
     lines += ["", "cases (1-min load average before -> after, this benchmark itself adds about 1):"]
-    lines += [f"- {r['case']['name']}: {r['case']['what']} (load {r['loadavg_before']:.1f} -> {r['loadavg_after']:.1f})"
-              for r in results]
+    lines += [f"- {r['case']['name']}: {r['case']['what']} (load {r['loadavg_before']:.1f} -> {r['loadavg_after']:.1f}"
+              f"{busy_note(r)})" for r in results]
     profiled = [r for r in results if "profile" in r["sides"]["ours"]]
     for r in profiled:
         for name in SIDES:
@@ -232,8 +279,8 @@ def write_fixtures(workdir, selected, ours_python) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--official", required=True, help="checkout of jy0205/Pyramid-Flow (e.g. ../official-work/ref)")
-    parser.add_argument("--official-python", required=True, help="python of a venv where the official code runs")
+    parser.add_argument("--official", help="checkout of jy0205/Pyramid-Flow (e.g. ../official-work/ref)")
+    parser.add_argument("--official-python", help="python of a venv where the official code runs")
     parser.add_argument("--ours-python", default=sys.executable, help="python for this project (default: this one)")
     parser.add_argument("--tv-stub", default=os.path.join(REPO, "..", "shared", "official"),
                         help="folder of tv_stub.py, the torchvision stand-in ('' when torchvision imports)")
@@ -242,11 +289,23 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved calls after the first (default 3, quick 1)")
     parser.add_argument("--decode-repeats", type=int, default=None, help="generate(): decodes outside generate() per side")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                        help="before each call wait up to S s for the other processes to leave the CPUs idle "
+                             "(for shared machines; the CPU busy fraction seen is recorded)")
     parser.add_argument("--profile", action="store_true", help="one torch.profiler call per side and case")
     parser.add_argument("--profile-rows", type=int, default=10)
     parser.add_argument("--workdir", default=None, help="weights, inputs, outputs and logs (kept; default: a temp dir)")
     parser.add_argument("--json", default=None, help="write all measurements here")
+    parser.add_argument("--report", default=None, metavar="JSON", help="only print the report of a --json file")
     args = parser.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        args.__dict__.update(saved["args"])
+        print(report(saved["results"], args))
+        return
+    if not (args.official and args.official_python):
+        parser.error("--official and --official-python are required")
     args.official = os.path.abspath(args.official)
     args.tv_stub = os.path.abspath(args.tv_stub) if args.tv_stub and os.path.isfile(
         os.path.join(args.tv_stub, "tv_stub.py")) else None
@@ -278,7 +337,8 @@ def main(argv=None) -> None:
         log(f"[vs_official] done in {time.perf_counter() - start:.0f} s")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
+                json.dump({"args": {k: getattr(args, k) for k in ("quick", "repeats", "threads", "profile_rows")},
+                       "results": results}, f, indent=1)
         bad = [r["case"]["name"] for r in results if any(isinstance(v, str) for v in r["diff"].values())]
         if bad:
             sys.exit(f"output shapes differ in {bad}")

@@ -53,7 +53,7 @@ class GenerateRunner(Runner):
     def __init__(self, case, paths):
         from pyramid_flow.pipeline import PyramidFlowPipeline
 
-        warnings.filterwarnings("ignore", message=".*not trained.*")
+        warnings.filterwarnings("ignore", message=".*trained resolution.*")
         self.case = case
         self.pipe = PyramidFlowPipeline.from_pretrained(paths["weights"], dit_folder="diffusion_transformer_384p",
                                                         device="cpu", dtype=torch.float32)
