@@ -83,9 +83,15 @@ def side_argv(args, name):
     return [args.ours_python, os.path.join(HERE, "sidebyside", "side_ours.py")]
 
 
-def side_env(threads):
+def side_env(threads, omp_wait_policy="passive"):
+    """Both sides get the same thread settings. OMP_WAIT_POLICY=PASSIVE by default: with the default spinning
+    barriers, a 2-thread process whose second thread loses its core to another process stalls at every barrier
+    (a tiny DiT forward went from 0.02 s to 1.1 s on the shared 2-core machine); passive threads sleep instead.
+    For the large calls here the policy makes no measurable difference on an idle machine."""
     env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+    if omp_wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = omp_wait_policy.upper()
     env.pop("PYTHONPATH", None)  # each side sets its own import path
     return env
 
@@ -93,7 +99,7 @@ def side_env(threads):
 # --- one case --------------------------------------------------------------------------------------------------
 
 def run_case(case, paths, args, log) -> dict:
-    env = side_env(args.threads)
+    env = side_env(args.threads, args.omp_wait_policy)
     sides = {name: Side(name, side_argv(args, name), os.path.join(args.workdir, f"log_{case['name']}_{name}.txt"), env)
              for name in SIDES}
     result = {"case": case, "sides": {}, "loadavg_before": loadavg()}
@@ -184,8 +190,8 @@ def compare(outputs) -> dict:
 
 # --- report ----------------------------------------------------------------------------------------------------
 
-def times(side) -> list:
-    return [c["seconds"] for c in side["calls"]] or [side["first"]["seconds"]]
+def times(side, key="seconds") -> list:
+    return [c[key] for c in side["calls"]] or [side["first"][key]]
 
 
 def summary_row(r) -> str:
@@ -193,9 +199,10 @@ def summary_row(r) -> str:
     to, tu = times(o), times(u)
     mo, mu = statistics.median(to), statistics.median(tu)
     mem_o, mem_u = o["first"]["peak_above_loaded_mb"], u["first"]["peak_above_loaded_mb"]
+    co, cu = statistics.median(times(o, "cpu_s")), statistics.median(times(u, "cpu_s"))
     diff = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in r["diff"].items())
     return (f"| {r['case']['name']} | {min(to):.2f} / {mo:.2f} s | {min(tu):.2f} / {mu:.2f} s | {mo / mu:.2f}x "
-            f"| {mem_o:,.0f} MB | {mem_u:,.0f} MB | {diff} |")
+            f"| {co:.1f} / {cu:.1f} s | {co / cu:.2f}x | {mem_o:,.0f} MB | {mem_u:,.0f} MB | {diff} |")
 
 
 def memory_row(r) -> str:
@@ -232,11 +239,13 @@ def report(results, args) -> str:
     first = results[0]["sides"]
     lines = [
         f"official torch {first['official']['load']['torch']}, ours torch {first['ours']['load']['torch']}, "
-        f"threads {first['ours']['load']['threads']}, repeats {args.repeats}{' (--quick)' if args.quick else ''}",
+        f"threads {first['ours']['load']['threads']}, OMP_WAIT_POLICY {getattr(args, 'omp_wait_policy', '?')}, "
+        f"repeats {args.repeats}{' (--quick)' if args.quick else ''}",
         "",
-        "| case | official min / median | ours min / median | official / ours (median time) "
+        "| case | official wall min / median | ours wall min / median | official / ours (median wall) "
+        "| CPU time official / ours (median) | official / ours (CPU) "
         "| extra memory, first call: official | ours | max abs diff (first calls) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [summary_row(r) for r in results]
     lines += ["", "Memory over the calls of one process (MB, first call then each repeat): peak above the RSS after "
@@ -289,6 +298,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved calls after the first (default 3, quick 1)")
     parser.add_argument("--decode-repeats", type=int, default=None, help="generate(): decodes outside generate() per side")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--omp-wait-policy", choices=["passive", "active", "default"], default="passive",
+                        help="OMP_WAIT_POLICY of both sides (default passive: robust on a shared machine)")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                         help="before each call wait up to S s for the other processes to leave the CPUs idle "
                              "(for shared machines; the CPU busy fraction seen is recorded)")
@@ -337,7 +348,8 @@ def main(argv=None) -> None:
         log(f"[vs_official] done in {time.perf_counter() - start:.0f} s")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"args": {k: getattr(args, k) for k in ("quick", "repeats", "threads", "profile_rows")},
+                json.dump({"args": {k: getattr(args, k) for k in ("quick", "repeats", "threads", "profile_rows",
+                                                              "omp_wait_policy")},
                        "results": results}, f, indent=1)
         bad = [r["case"]["name"] for r in results if any(isinstance(v, str) for v in r["diff"].values())]
         if bad:

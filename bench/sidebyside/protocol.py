@@ -14,6 +14,7 @@ call through /proc/self/clear_refs, so "peak above X" is the most this call held
 import gc
 import json
 import os
+import resource
 import sys
 import time
 import traceback
@@ -37,6 +38,12 @@ def rss_mb() -> float:
 
 def peak_mb() -> float:
     return _status("VmHWM")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def reset_peak() -> bool:
@@ -107,9 +114,9 @@ def _run(state, save) -> dict:
     before = rss_mb()
     resettable = reset_peak()
     with torch.no_grad():
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         output = runner.call()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     peak = peak_mb()
     if save:
         torch.save(runner.tensors(output), save)
@@ -118,6 +125,7 @@ def _run(state, save) -> dict:
     state["calls"] += 1
     return {
         "seconds": seconds,
+        "cpu_s": cpu,  # less sensitive than wall time to other processes on a shared machine
         "call": state["calls"],
         "peak_above_loaded_mb": peak - state["loaded_rss"],  # this call's peak over the RSS right after loading
         "peak_above_before_mb": peak - before,  # ... over the RSS just before the call
