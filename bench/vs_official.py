@@ -205,6 +205,18 @@ def summary_row(r) -> str:
             f"| {co:.1f} / {cu:.1f} s | {co / cu:.2f}x | {mem_o:,.0f} MB | {mem_u:,.0f} MB | {diff} |")
 
 
+def kernel_row(r) -> str:
+    o, u = r["sides"]["official"], r["sides"]["ours"]
+
+    def cell(side):
+        calls = [side["first"], *side["calls"]]
+        if "sys_s" not in calls[0]:
+            return "-"
+        return " ; ".join(f"{c['sys_s']:.1f} s / {c['minor_faults'] / 1000:.0f}k" for c in calls)
+
+    return f"| {r['case']['name']} | {cell(o)} | {cell(u)} |"
+
+
 def memory_row(r) -> str:
     """Per call (first, then the repeats): peak above the RSS after loading / peak above the RSS just before the
     call / RSS left after the call above the RSS after loading."""
@@ -252,6 +264,9 @@ def report(results, args) -> str:
               "loading / peak above the RSS just before the call / RSS left after the call above the RSS after loading.",
               "", "| case | official | ours |", "|---|---|---|"]
     lines += [memory_row(r) for r in results]
+    lines += ["", "Kernel CPU time / minor page faults per call (first call, then each repeat):", "",
+              "| case | official | ours |", "|---|---|---|"]
+    lines += [kernel_row(r) for r in results]
     generated = [r for r in results if r["case"]["kind"] == "generate"]
     if generated:
         lines += ["", "VAE decode inside generate() (median over all calls) and the same decode again outside it, "

@@ -40,10 +40,10 @@ def peak_mb() -> float:
     return _status("VmHWM")
 
 
-def cpu_seconds() -> float:
-    """User + system CPU time of this process, all threads."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def usage() -> tuple:
+    """(user + system CPU s, system CPU s, minor page faults) of this process, all threads."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime, u.ru_stime, u.ru_minflt
 
 
 def reset_peak() -> bool:
@@ -114,9 +114,10 @@ def _run(state, save) -> dict:
     before = rss_mb()
     resettable = reset_peak()
     with torch.no_grad():
-        cpu, start = cpu_seconds(), time.perf_counter()
+        before_usage, start = usage(), time.perf_counter()
         output = runner.call()
-        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        seconds = time.perf_counter() - start
+        cpu, sys_cpu, faults = (b - a for a, b in zip(before_usage, usage()))
     peak = peak_mb()
     if save:
         torch.save(runner.tensors(output), save)
@@ -126,6 +127,8 @@ def _run(state, save) -> dict:
     return {
         "seconds": seconds,
         "cpu_s": cpu,  # less sensitive than wall time to other processes on a shared machine
+        "sys_s": sys_cpu,  # kernel time: mostly zero-filling pages the allocator took back from the OS
+        "minor_faults": faults,
         "call": state["calls"],
         "peak_above_loaded_mb": peak - state["loaded_rss"],  # this call's peak over the RSS right after loading
         "peak_above_before_mb": peak - before,  # ... over the RSS just before the call
