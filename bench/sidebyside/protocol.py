@@ -1,0 +1,158 @@
+"""The side-runner loop shared by both sides (imported by each side's own interpreter; needs torch only).
+
+A side runner is a long-lived process: the orchestrator sends one JSON command per line on stdin and reads one
+JSON reply per line from the runner's original stdout; everything the models print goes to stderr (stdout is
+re-pointed there at start, C level included).
+
+Commands: {"cmd": "load", "case": ..., "paths": ...}, {"cmd": "run", "save": path | null},
+{"cmd": "profile", "out": path, "rows": n}, {"cmd": "decode_again"} (generate() cases), {"cmd": "exit"}.
+
+Memory is read from /proc/self/status: VmRSS (resident now) and VmHWM (peak), whose peak is reset before every
+call through /proc/self/clear_refs, so "peak above X" is the most this call held beyond X.
+"""
+
+import gc
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+
+import torch
+
+MB = 1024.0
+
+
+def _status(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / MB  # kB -> MB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def rss_mb() -> float:
+    return _status("VmRSS")
+
+
+def peak_mb() -> float:
+    return _status("VmHWM")
+
+
+def usage() -> tuple:
+    """(user + system CPU s, system CPU s, minor page faults) of this process, all threads."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime, u.ru_stime, u.ru_minflt
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class Runner:
+    """What a side implements per case: ``call()`` runs the timed call once and returns its output;
+    ``tensors(output)`` gives the dict of tensors saved for the comparison; ``extras()`` any timings taken
+    inside the call (e.g. the VAE decode inside generate)."""
+
+    def call(self):
+        raise NotImplementedError
+
+    def tensors(self, output) -> dict:
+        raise NotImplementedError
+
+    def extras(self) -> dict:
+        return {}
+
+
+def serve(setup) -> None:
+    """setup(case, paths) -> Runner. Runs the command loop until 'exit' or end of input."""
+    reply_stream = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # the models' prints (Python and C) go to stderr
+    sys.stdout = sys.stderr
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    state = {"runner": None, "loaded_rss": None, "calls": 0}
+
+    def reply(obj) -> None:
+        reply_stream.write(json.dumps(obj) + "\n")
+
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            cmd = msg["cmd"]
+            if cmd == "exit":
+                reply({"ok": True})
+                return
+            if cmd == "load":
+                start = time.perf_counter()
+                state["runner"] = setup(msg["case"], msg["paths"])
+                gc.collect()
+                state["loaded_rss"] = rss_mb()
+                reply({"ok": True, "load_s": time.perf_counter() - start, "rss_mb": state["loaded_rss"],
+                       "torch": torch.__version__, "threads": torch.get_num_threads()})
+            elif cmd == "run":
+                reply(dict(ok=True, **_run(state, msg.get("save"))))
+            elif cmd == "decode_again":  # generate() runners: decode the last latents again, outside generate()
+                reply({"ok": True, "seconds": state["runner"].decode_again()})
+            elif cmd == "profile":
+                reply(dict(ok=True, **_profile(state["runner"], msg["out"], msg.get("rows", 15))))
+            else:
+                raise ValueError(f"unknown command {cmd}")
+        except Exception as err:  # reported to the orchestrator, which stops
+            reply({"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
+
+
+def _run(state, save) -> dict:
+    runner = state["runner"]
+    gc.collect()
+    before = rss_mb()
+    resettable = reset_peak()
+    with torch.no_grad():
+        before_usage, start = usage(), time.perf_counter()
+        output = runner.call()
+        seconds = time.perf_counter() - start
+        cpu, sys_cpu, faults = (b - a for a, b in zip(before_usage, usage()))
+    peak = peak_mb()
+    if save:
+        torch.save(runner.tensors(output), save)
+    del output
+    gc.collect()
+    state["calls"] += 1
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,  # less sensitive than wall time to other processes on a shared machine
+        "sys_s": sys_cpu,  # kernel time: mostly zero-filling pages the allocator took back from the OS
+        "minor_faults": faults,
+        "call": state["calls"],
+        "peak_above_loaded_mb": peak - state["loaded_rss"],  # this call's peak over the RSS right after loading
+        "peak_above_before_mb": peak - before,  # ... over the RSS just before the call
+        "rss_after_above_loaded_mb": rss_mb() - state["loaded_rss"],  # what stays resident after the call
+        "peak_reset": resettable,
+        "extras": runner.extras(),
+    }
+
+
+def _profile(runner, out: str, rows: int) -> dict:
+    """One call under torch.profiler: per-operator self CPU time, written as a table to ``out``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        start = time.perf_counter()
+        runner.call()
+        seconds = time.perf_counter() - start
+    averages = prof.key_averages()
+    with open(out, "w") as f:
+        f.write(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+    total = sum(e.self_cpu_time_total for e in averages)
+    top = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+    return {
+        "seconds": seconds,
+        "total_self_s": total / 1e6,
+        "top": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in top],
+    }

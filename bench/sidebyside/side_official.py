@@ -1,0 +1,165 @@
+"""Side runner for the OFFICIAL Pyramid Flow code (run with the official venv's python).
+
+usage (by bench/vs_official.py): <official python> side_official.py --official <checkout> [--tv-stub <dir>]
+
+Imports the official modules from the given checkout at run time; nothing official is copied here. The
+official VAE is used with enable_tiling(), as the official app and inference scripts do.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import torch  # noqa: E402
+
+from sidebyside.protocol import Runner, serve  # noqa: E402
+
+# The float32 Cholesky factor of the block-noise covariance (gamma 1/3) that torch 2.1.2, the official pin,
+# computes; newer LAPACK builds fail on this singular matrix or return another last entry. The official
+# MultivariateNormal gets this factor (as pyramid_flow.noise.OFFICIAL_BLOCK_FACTOR), so both sides draw the same
+# block noise from the same stream.
+OFFICIAL_BLOCK_FACTOR = torch.tensor(
+    [
+        [1.0, 0.0, 0.0, 0.0],
+        [-0.33333334, 0.94280905, 0.0, 0.0],
+        [-0.33333334, -0.47140449, 0.81649661, 0.0],
+        [-0.33333334, -0.47140449, -0.81649649, 0.00040744792],
+    ],
+    dtype=torch.float32,
+)
+
+
+def use_torch212_block_factor() -> None:
+    import torch.distributions.multivariate_normal as mvn
+
+    base = mvn.MultivariateNormal
+    if getattr(base, "_bench_patched", False):
+        return
+    gamma = 1 / 3
+    covariance = torch.eye(4) * (1 + gamma) - torch.ones(4, 4) * gamma
+
+    class BlockNoiseMVN(base):
+        _bench_patched = True
+
+        def __init__(self, loc, covariance_matrix=None, precision_matrix=None, scale_tril=None, validate_args=None):
+            if covariance_matrix is not None and covariance_matrix.shape == (4, 4) \
+                    and torch.equal(covariance_matrix, covariance):
+                super().__init__(loc, scale_tril=OFFICIAL_BLOCK_FACTOR, validate_args=validate_args)
+            else:
+                super().__init__(loc, covariance_matrix, precision_matrix, scale_tril, validate_args)
+
+    mvn.MultivariateNormal = BlockNoiseMVN
+
+
+class DiTRunner(Runner):
+    def __init__(self, case, paths):
+        from pyramid_dit.pyramid_dit_for_video_gen_pipeline import build_pyramid_dit
+
+        name = {"miniflux": "pyramid_flux", "sd3": "pyramid_mmdit"}[case["variant"]]
+        self.model = build_pyramid_dit(name, paths["weights"], torch.float32, use_flash_attn=False,
+                                       use_mixed_training=False)
+        self.model.eval()
+        self.inputs = torch.load(paths["inputs"])
+
+    def call(self):
+        i = self.inputs
+        return self.model(sample=[list(i["clips"])], encoder_hidden_states=i["context"],
+                          encoder_attention_mask=i["mask"], pooled_projections=i["pooled"],
+                          timestep_ratio=i["timestep"])[0]
+
+    def tensors(self, output):
+        return {"output": output}
+
+
+class VAERunner(Runner):
+    def __init__(self, case, paths):
+        from video_vae.modeling_causal_vae import CausalVideoVAE
+
+        self.vae = CausalVideoVAE.from_pretrained(paths["weights"], torch_dtype=torch.float32, interpolate=False)
+        self.vae.enable_tiling()
+        self.vae.eval()
+        self.z = torch.load(paths["inputs"])["z"]
+        self.case = case
+
+    def call(self):
+        return self.vae.decode(self.z, temporal_chunk=True, window_size=self.case["window"],
+                               tile_sample_min_size=self.case["tile"]).sample
+
+    def tensors(self, output):
+        return {"output": output}
+
+
+class GenerateRunner(Runner):
+    """PyramidDiTForVideoGeneration.generate() (output_type 'pil', save_memory) after torch.manual_seed(seed),
+    as the official app; vae.decode is wrapped to time it and keep the latents it receives."""
+
+    def __init__(self, case, paths):
+        from pyramid_dit.pyramid_dit_for_video_gen_pipeline import PyramidDiTForVideoGeneration
+
+        use_torch212_block_factor()
+        self.case = case
+        self.pipe = PyramidDiTForVideoGeneration(paths["weights"], model_dtype="fp32", model_name="pyramid_flux",
+                                                 model_variant="diffusion_transformer_384p")
+        self.pipe.vae.enable_tiling()
+        self.decode = self.pipe.vae.decode
+        self.decode_kwargs = None
+        self.timing = {}
+        self.z = None
+
+        def timed_decode(z, **kwargs):
+            self.z, self.decode_kwargs = z.clone(), kwargs
+            start = time.perf_counter()
+            out = self.decode(z, **kwargs)
+            self.timing["decode_in_generate_s"] = time.perf_counter() - start
+            return out
+
+        self.pipe.vae.decode = timed_decode
+
+    def call(self):
+        c = self.case
+        torch.manual_seed(c["seed"])
+        return self.pipe.generate(prompt=c["prompt"], height=c["height"], width=c["width"], temp=c["temp"],
+                                  num_inference_steps=c["steps"], video_num_inference_steps=c["video_steps"],
+                                  guidance_scale=c["guidance"], video_guidance_scale=c["video_guidance"],
+                                  output_type="pil", save_memory=True)
+
+    def tensors(self, output):
+        frames = torch.from_numpy(np.stack([np.asarray(image) for image in output]))
+        return {"frames": frames, "latents": self.z}
+
+    def extras(self):
+        return dict(self.timing)
+
+    def decode_again(self):
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.decode(self.z.clone(), **self.decode_kwargs)
+        return time.perf_counter() - start
+
+
+def setup(case, paths):
+    return {"dit": DiTRunner, "vae": VAERunner, "generate": GenerateRunner}[case["kind"]](case, paths)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--official", required=True, help="a checkout of jy0205/Pyramid-Flow")
+    parser.add_argument("--tv-stub", default=None, help="folder of tv_stub.py (torchvision stand-in), if needed")
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.abspath(args.official))
+    if args.tv_stub:
+        sys.path.insert(0, os.path.abspath(args.tv_stub))
+        import tv_stub
+
+        tv_stub.install()
+    serve(setup)
+
+
+if __name__ == "__main__":
+    main()

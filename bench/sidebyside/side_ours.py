@@ -1,0 +1,100 @@
+"""Side runner for THIS project (run with the project's venv python). See protocol.py for the commands."""
+
+import os
+import sys
+import time
+import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [REPO, os.path.dirname(HERE)]
+
+import torch  # noqa: E402
+
+from sidebyside.protocol import Runner, serve  # noqa: E402
+
+
+class DiTRunner(Runner):
+    def __init__(self, case, paths):
+        from pyramid_flow.dit import load_dit
+
+        self.model, _ = load_dit(paths["weights"], dtype=torch.float32)
+        self.model.eval()
+        self.inputs = torch.load(paths["inputs"])
+
+    def call(self):
+        i = self.inputs
+        return self.model(i["clips"], i["context"], i["mask"], i["pooled"], i["timestep"])
+
+    def tensors(self, output):
+        return {"output": output}
+
+
+class VAERunner(Runner):
+    def __init__(self, case, paths):
+        from pyramid_flow.vae import load_vae
+
+        self.vae = load_vae(paths["weights"], dtype=torch.float32).eval()
+        self.z = torch.load(paths["inputs"])["z"]
+        self.case = case
+
+    def call(self):
+        return self.vae.decode(self.z, temporal_chunk=True, window_size=self.case["window"],
+                               tile_sample_min_size=self.case["tile"])
+
+    def tensors(self, output):
+        return {"output": output}
+
+
+class GenerateRunner(Runner):
+    """PyramidFlowPipeline.generate() with the official random stream; vae.decode is wrapped to time it and to
+    keep the (denormalised) latents it receives."""
+
+    def __init__(self, case, paths):
+        from pyramid_flow.pipeline import PyramidFlowPipeline
+
+        warnings.filterwarnings("ignore", message=".*trained resolution.*")
+        self.case = case
+        self.pipe = PyramidFlowPipeline.from_pretrained(paths["weights"], dit_folder="diffusion_transformer_384p",
+                                                        device="cpu", dtype=torch.float32)
+        self.decode = self.pipe.vae.decode
+        self.decode_kwargs = None
+        self.timing = {}
+        self.z = None
+
+        def timed_decode(z, **kwargs):
+            self.z, self.decode_kwargs = z.clone(), kwargs
+            start = time.perf_counter()
+            out = self.decode(z, **kwargs)
+            self.timing["decode_in_generate_s"] = time.perf_counter() - start
+            return out
+
+        self.pipe.vae.decode = timed_decode
+
+    def call(self):
+        c = self.case
+        return self.pipe.generate(c["prompt"], height=c["height"], width=c["width"], temp=c["temp"],
+                                  num_inference_steps=c["steps"], video_num_inference_steps=c["video_steps"],
+                                  guidance_scale=c["guidance"], video_guidance_scale=c["video_guidance"],
+                                  seed=c["seed"], noise="official", save_memory=True)
+
+    def tensors(self, output):
+        return {"frames": output, "latents": self.z}
+
+    def extras(self):
+        return dict(self.timing)
+
+    def decode_again(self):
+        """The decode of the last generate()'s latents, once more, outside generate() (same process)."""
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.decode(self.z.clone(), **self.decode_kwargs)
+        return time.perf_counter() - start
+
+
+def setup(case, paths):
+    return {"dit": DiTRunner, "vae": VAERunner, "generate": GenerateRunner}[case["kind"]](case, paths)
+
+
+if __name__ == "__main__":
+    serve(setup)
