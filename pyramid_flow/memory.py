@@ -208,12 +208,14 @@ class ChunkWalk:
     def conv(self, held: int, c_in: int, c_out: int, frames: int, pixels: int, out_frames: int, out_pixels: int,
              context: int = 2) -> int:
         """A causal 3-wide conv of an input held by the caller: its time-padded copy and its output; returns the
-        output bytes. ``context``: frames it caches (and pads with on a later chunk)."""
+        output bytes. ``context``: frames it caches (and pads with on a later chunk). The first call on one frame
+        is its last temporal tap alone (``CausalConv3d.last_tap``): no padded copy, one cached frame."""
+        single = self.first and frames == 1
         pad = 2 if self.first else context
         if self.first:
-            self.cache += self.bytes(c_in, context, pixels)
+            self.cache += self.bytes(c_in, 1 if single else context, pixels)
         out = self.bytes(c_out, out_frames, out_pixels)
-        self.at(held, self.bytes(c_in, frames + pad, pixels), out)
+        self.at(held, 0 if single else self.bytes(c_in, frames + pad, pixels), out)
         return out
 
     def norm(self, held: int, channels: int, frames: int, pixels: int) -> None:
@@ -240,11 +242,15 @@ class ChunkWalk:
         self.norm(outer + x, channels, frames, pixels)
         self.at(outer, 7 * x)
 
-    def upsample(self, outer: int, channels: int, frames: int, pixels: int, factor: int) -> None:
+    def upsample(self, outer: int, channels: int, frames: int, pixels: int, factor: int, temporal: bool = False) -> None:
         """A conv to ``factor`` x the channels, then the depth-to-space copy beside the conv output, over pieces of
-        FRAME_PIECE frames written into one output buffer."""
+        FRAME_PIECE frames written into one output buffer; a temporal upsampler's first call on one frame computes
+        only the frame it keeps."""
         piece = min(frames, FRAME_PIECE)
         x, y = self.bytes(channels, frames, pixels), self.bytes(channels * factor, piece, pixels)
+        if temporal and self.first and frames == 1:
+            self.conv(outer + x, channels, channels, 1, pixels, 1, pixels)
+            return
         buffer = self.bytes(channels * factor, frames, pixels) if frames > piece else 0
         self.conv(outer + x + buffer, channels, channels * factor, piece, pixels, piece, pixels)
         self.at(outer, x, buffer, 2 * y)
@@ -265,7 +271,7 @@ class ChunkWalk:
                           pixels // 4)
                 pixels //= 4
             if temporal and decode:
-                self.upsample(held, channels, frames, pixels, 2)
+                self.upsample(held, channels, frames, pixels, 2, temporal=True)
                 frames = 2 * frames - 1 if self.first else 2 * frames
             elif temporal:
                 out = (frames - 1) // 2 + 1 if self.first else frames // 2

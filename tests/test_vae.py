@@ -11,7 +11,9 @@ from safetensors.torch import save_file
 
 from pyramid_flow.loading.state_dict import CheckpointError
 from tolerance import assert_within_ulps
+from pyramid_flow import ops
 from pyramid_flow.vae import CausalVideoVAE, load_vae
+from pyramid_flow.vae.layers import CausalCache, CausalConv3d
 from pyramid_flow.vae.loading import infer_config
 
 # Small, with the official 32 GroupNorm groups so that a config-less single file can be read back.
@@ -66,6 +68,40 @@ def test_chunked_equals_plain(vae):
     plain_encode = vae.encode(video)
     for window in (1, 2):  # latent frames: 8 and 16 video frames after the first chunk
         assert max_diff(vae.encode(video, temporal_chunk=True, window_size=window), plain_encode) < 1e-5
+
+
+def padded_path_only(monkeypatch):
+    """Every conv takes the zero-padded path (what it does when ComfyUI casts its weights per call)."""
+    monkeypatch.setattr(CausalConv3d, "last_tap", lambda self, x, out_channels=slice(None): None)
+
+
+def test_one_frame_first_calls_equal_the_padded_convs(vae, monkeypatch):
+    """A single frame (text-to-image, the image of image-to-video) takes each conv's last temporal tap alone and
+    the temporal upsamplers' kept channels: the padded computation less its zero terms (float rounding apart)."""
+    video, latent = inputs(frames=1, latent_frames=1)
+    fast_decode, fast_encode = vae.decode(latent), vae.encode(video)
+    padded_path_only(monkeypatch)
+    assert_within_ulps(fast_decode, vae.decode(latent), ulps=16, name="decode")
+    assert_within_ulps(fast_encode, vae.encode(video), ulps=16, name="encode")
+
+
+@pytest.mark.parametrize("stride", [1, (2, 1, 1), (1, 2, 2)])
+def test_a_stream_that_starts_with_one_frame_continues_from_its_cache(stride):
+    conv = CausalConv3d(8, 16, 3, stride=stride, operations=ops).eval()
+    frames = torch.randn(1, 8, 5, 12, 12).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        cache = CausalCache()
+        chunks = [conv(frames[:, :, :1], cache), conv(frames[:, :, 1:3], cache), conv(frames[:, :, 3:], cache)]
+        assert conv(frames[:, :, :1], CausalCache()).shape[2] == 1
+        assert_within_ulps(torch.cat(chunks, dim=2), conv(frames), ulps=16)
+
+
+def test_comfyui_cast_layers_take_the_padded_path():
+    conv = CausalConv3d(8, 16, 3, operations=ops).eval()
+    frame = torch.randn(1, 8, 1, 6, 6)
+    assert conv.last_tap(frame) is not None
+    conv.conv.comfy_cast_weights = True  # ComfyUI moves or casts this layer's weight inside its own forward
+    assert conv.last_tap(frame) is None
 
 
 def test_chunked_encode_needs_whole_latent_frames(vae):

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
 from ..attention import sdpa_attention
 
 NORM_EPS = 1e-6  # every GroupNorm of the VAE (official CausalGroupNorm with eps 1e-6)
@@ -126,16 +127,42 @@ class CausalConv3d(nn.Module):
         self.conv = operations.Conv3d(in_channels, out_channels, kernel_size, stride=stride,
                                       padding=(0, space_pad, space_pad), bias=bias, dtype=dtype, device=device)
 
-    def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
-        """x [B, C_in, T, H, W] -> [B, C_out, T', H', W']. With a cache, the first call of a stream pads with zeros
-        and every later call (a later chunk, or a later piece of the same chunk) with the cached frames."""
+    def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None,
+                out_channels: slice = slice(None)) -> torch.Tensor:
+        """x [B, C_in, T, H, W] -> [B, C_out, T', H', W'], or only the ``out_channels`` of C_out. With a cache, the
+        first call of a stream pads with zeros and every later call (a later chunk, or a later piece of the same
+        chunk) with the cached frames."""
         first = cache is None or self not in cache.frames
+        if first and x.shape[2] == 1 and self.time_pad:
+            out = self.last_tap(x, out_channels)
+            if out is not None:
+                if cache is not None and self.context_frames:
+                    cache.frames[self] = x.clone()  # the zero frame in front of it is added when it is used
+                return out
         front = self.time_pad if first else self.context_frames
         if front:
-            x = torch.cat([zeros_like_frames(x, front) if first else cache.frames[self], x], dim=2)
+            context = zeros_like_frames(x, front) if first else cache.frames[self]
+            if context.shape[2] < front:  # cached by last_tap: one real frame, after zero frames
+                context = torch.cat([zeros_like_frames(x, front - context.shape[2]), context], dim=2)
+            x = torch.cat([context, x], dim=2)
         if cache is not None and self.context_frames:
             cache.frames[self] = x[:, :, -self.context_frames :].clone()  # a copy, so the chunk can be freed
-        return self.conv(x)
+        out = self.conv(x)
+        return out if out_channels == slice(None) else frames_last(out[:, out_channels])
+
+    def last_tap(self, x: torch.Tensor, out_channels: slice = slice(None)) -> Optional[torch.Tensor]:
+        """The first call on one frame x [B, C_in, 1, H, W]: its padded input [0, 0, x] meets every temporal tap
+        but the last with zeros, so the conv is the last tap's 2-D conv, a third of the work and without the
+        padded copy (the same sum less its zero terms: equal up to float rounding). This is all the VAE does on a
+        single image (text-to-image, the image of image-to-video encoded) and of any one-frame first chunk.
+        None when the layer's weight is not used as stored (ComfyUI casting or moving it per call)."""
+        conv = self.conv
+        weight = conv.weight
+        patched = any(getattr(conv, name, None) for name in ("comfy_cast_weights", "weight_function", "bias_function"))
+        if patched or type(weight) is not torch.nn.Parameter or weight.device != x.device or weight.dtype != x.dtype:
+            return None
+        bias = None if conv.bias is None else conv.bias[out_channels]
+        return ops.conv3d(x, weight[out_channels, :, -1:], bias, (1, *conv.stride[1:]), conv.padding)
 
 
 class CausalResnetBlock3D(nn.Module):
@@ -189,6 +216,8 @@ class CausalUpsample(nn.Module):
     def forward(self, x: torch.Tensor, cache: Optional[CausalCache] = None) -> torch.Tensor:
         drop_first = self.factors[0] > 1 and is_first_chunk(cache)
         cache = CausalCache() if cache is None else cache
+        if drop_first and x.shape[2] == 1:  # one frame in, its second output frame out: only the pt = 1 channels
+            return self.conv(x, cache, out_channels=slice(1, None, 2))
         x = per_frame_pieces(lambda frames: self.depth_to_space(self.conv(frames, cache)), x)
         return x[:, :, 1:] if drop_first else x
 
