@@ -10,7 +10,8 @@ this interpreter, for ours). Per case:
 
 1. Random weights (seeded) are written once to ``--workdir`` in the official Hugging Face layout with config.json,
    and the inputs to a .pt file; both sides load those same files (cases: bench/sidebyside/cases.py).
-2. A fresh process per side loads the weights; its RSS after loading is the baseline. The first call is made
+2. A fresh process per side loads the weights and reads each one once (a loader may leave safetensors weights
+   memory-mapped, to be paged in by the first call); its RSS then is the baseline. The first call is made
    (official, then ours); memory = peak RSS of that call above the baseline (VmHWM, reset before the call).
 3. N more calls, interleaved official, ours, official, ours, ...; time = min and median of these (fp32, CPU,
    2 threads). Each call's peak above the RSS just before it shows how memory behaves over repeated calls.
@@ -106,6 +107,8 @@ def run_case(case, paths, args, log) -> dict:
     try:
         for name, side in sides.items():
             result["sides"][name] = {"load": side.ask(cmd="load", case=case, paths=paths), "calls": []}
+            load = result["sides"][name]["load"]
+            log(f"  {name:8s} loaded in {load['load_s']:.1f} s, weights {load['weights_mb']:.0f} MB, RSS {load['rss_mb']:.0f} MB")
         outputs = {name: os.path.join(args.workdir, f"out_{case['name']}_{name}.pt") for name in SIDES}
         for name, side in sides.items():  # first call: memory in a fresh process, outputs kept for the comparison
             busy = wait_idle(args.wait_idle)

@@ -97,7 +97,10 @@ FULL_CASES = [
     dit_case("dit_sd3_u15", "sd3", SD3_REAL_WIDTH, 15, 640, 384,
              "SD3 forward, width 1536, 2 joint blocks, 640x384 stage 2 of unit 15"),
     vae_case("vae_tile", REAL_VAE, [1, 16, 1, 32, 32], 1, 256,
-             "real-width VAE decode of one save_memory tile: latent [1,16,1,32,32] -> 1 frame 256x256"),
+             "real-width VAE decode of one save_memory tile of one frame (an image): latent [1,16,1,32,32] -> 256x256"),
+    vae_case("vae_clip", REAL_VAE, [1, 16, 3, 16, 16], 1, 256,
+             "real-width VAE decode of a short clip in one tile: latent [1,16,3,16,16] -> 17 frames 128x128 "
+             "(a first chunk of 2 latent frames, then 1 from the causal cache)"),
     vae_case("vae_tiny", TINY_VAE, [1, 16, 2, 48, 80], 1, 256,
              "tiny VAE decode [1,16,2,48,80] -> 9 frames 640x384 (8 tiles of 256 px, window 1)"),
     generate_case("gen_t2", FLUX_SMALL, 640, 384, 2, [10, 10, 10], [5, 5, 5],
@@ -113,6 +116,7 @@ QUICK_CASES = [
     dit_case("dit_sd3_u15", "sd3", SD3_TINY, 15, 128, 128, "tiny SD3 forward, 128x128 unit 15"),
     vae_case("vae_tile", TINY_VAE, [1, 16, 1, 8, 8], 1, 64, "tiny VAE decode of one 64-px tile"),
     vae_case("vae_tiny", TINY_VAE, [1, 16, 3, 8, 16], 1, 64, "tiny VAE decode [1,16,3,8,16], 3 tiles of 64 px"),
+    vae_case("vae_clip", TINY_VAE, [1, 16, 3, 8, 8], 1, 64, "tiny VAE decode [1,16,3,8,8], one 64-px tile"),
     generate_case("gen_t2", FLUX_TINY, 320, 64, 2, [1, 1, 1], [1, 1, 1], "generate() 320x64 temp 2, 1 step/stage"),
     generate_case("gen_t3", FLUX_TINY, 320, 64, 3, [1, 1, 1], [1, 1, 1], "generate() 320x64 temp 3, 1 step/stage"),
 ]

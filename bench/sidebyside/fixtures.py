@@ -49,10 +49,9 @@ def write_component(folder: str, config: dict, module: torch.nn.Module, seed: in
 
 
 def meta_dit(variant: str, config: dict):
-    from pyramid_flow.dit import PyramidFluxDiT, PyramidMMDiT
+    from pyramid_flow.dit import DIT_CLASSES
 
-    cls = PyramidFluxDiT if variant == "miniflux" else PyramidMMDiT
-    return cls(**config, device="meta")
+    return DIT_CLASSES[variant](**config, device="meta")
 
 
 def write_dit(folder: str, variant: str, config: dict) -> None:
@@ -75,8 +74,8 @@ def dit_inputs(case: dict) -> dict:
     generator = torch.Generator().manual_seed(SEED + 2)
     config = case["config"]
     h, w = case["height"] // 8, case["width"] // 8
-    frames = [torch.randn(1, 16, 1, h, w, generator=generator) for _ in range(case["unit"])]
-    clips = [torch.cat([c] * 2) for c in history_clips(frames)[2]] if frames else []
+    frames = torch.randn(1, 16, case["unit"], h, w, generator=generator)
+    clips = [torch.cat([c] * 2) for c in history_clips(frames, 3)[2]] if case["unit"] else []
     sample = torch.randn(1, 16, 1, h, w, generator=generator)
     clips.append(torch.cat([sample] * 2))
     mask = torch.zeros(2, 128, dtype=torch.int64)
@@ -139,7 +138,7 @@ def prepare(case: dict, workdir: str) -> dict:
             torch.save(vae_inputs(case), inputs)
         return {"weights": weights, "inputs": inputs}
     if case["kind"] == "generate":
-        from pyramid_flow.tiny import build_tiny_checkpoint
+        from pyramid_flow.testing.tiny import build_tiny_checkpoint
 
         root = os.path.join(workdir, C.generate_root(case))
         dit_path = os.path.join(root, C.DIT_SUBFOLDER)
