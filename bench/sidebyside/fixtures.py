@@ -149,5 +149,10 @@ def prepare(case: dict, workdir: str) -> dict:
             shutil.rmtree(dit_path)
             write_dit(dit_path, "miniflux", case["dit"])
             open(os.path.join(dit_path, ".bench_dit"), "w").close()
-        return {"weights": root}
+        block_factor = os.path.join(workdir, "official_block_factor.pt")
+        if not os.path.isfile(block_factor):
+            from pyramid_flow.noise import OFFICIAL_BLOCK_FACTOR
+
+            torch.save(OFFICIAL_BLOCK_FACTOR, block_factor)
+        return {"weights": root, "block_factor": block_factor}
     raise ValueError(f"unknown case kind {case['kind']}")

@@ -71,6 +71,30 @@ class Runner:
         return {}
 
 
+class DecodeTimer:
+    """Stands in for a VAE's decode inside generate(): times each call and keeps the latents and keyword arguments
+    it received, so the same decode can be run again outside generate() (``again``)."""
+
+    def __init__(self, decode):
+        self.decode, self.z, self.kwargs, self.seconds = decode, None, None, None
+
+    def __call__(self, z, **kwargs):
+        self.z, self.kwargs = z.clone(), kwargs
+        start = time.perf_counter()
+        out = self.decode(z, **kwargs)
+        self.seconds = time.perf_counter() - start
+        return out
+
+    def extras(self) -> dict:
+        return {} if self.seconds is None else {"decode_in_generate_s": self.seconds}
+
+    def again(self) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.decode(self.z.clone(), **self.kwargs)
+        return time.perf_counter() - start
+
+
 def serve(setup) -> None:
     """setup(case, paths) -> Runner. Runs the command loop until 'exit' or end of input."""
     reply_stream = os.fdopen(os.dup(1), "w", buffering=1)

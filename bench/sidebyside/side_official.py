@@ -9,7 +9,6 @@ official VAE is used with enable_tiling(), as the official app and inference scr
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -18,24 +17,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import torch  # noqa: E402
 
-from sidebyside.protocol import Runner, serve  # noqa: E402
+from sidebyside.protocol import DecodeTimer, Runner, serve  # noqa: E402
 
-# The float32 Cholesky factor of the block-noise covariance (gamma 1/3) that torch 2.1.2, the official pin,
-# computes; newer LAPACK builds fail on this singular matrix or return another last entry. The official
-# MultivariateNormal gets this factor (as pyramid_flow.noise.OFFICIAL_BLOCK_FACTOR), so both sides draw the same
-# block noise from the same stream.
-OFFICIAL_BLOCK_FACTOR = torch.tensor(
-    [
-        [1.0, 0.0, 0.0, 0.0],
-        [-0.33333334, 0.94280905, 0.0, 0.0],
-        [-0.33333334, -0.47140449, 0.81649661, 0.0],
-        [-0.33333334, -0.47140449, -0.81649649, 0.00040744792],
-    ],
-    dtype=torch.float32,
-)
-
-
-def use_torch212_block_factor() -> None:
+def use_torch212_block_factor(factor: torch.Tensor) -> None:
+    """MultivariateNormal gets ``factor`` for the block-noise covariance (gamma 1/3): the float32 Cholesky factor
+    that torch 2.1.2, the official pin, computes (pyramid_flow.noise.OFFICIAL_BLOCK_FACTOR, written by the
+    fixtures); newer LAPACK builds fail on this singular matrix or return another last entry. Both sides then draw
+    the same block noise from the same stream."""
     import torch.distributions.multivariate_normal as mvn
 
     base = mvn.MultivariateNormal
@@ -50,7 +38,7 @@ def use_torch212_block_factor() -> None:
         def __init__(self, loc, covariance_matrix=None, precision_matrix=None, scale_tril=None, validate_args=None):
             if covariance_matrix is not None and covariance_matrix.shape == (4, 4) \
                     and torch.equal(covariance_matrix, covariance):
-                super().__init__(loc, scale_tril=OFFICIAL_BLOCK_FACTOR, validate_args=validate_args)
+                super().__init__(loc, scale_tril=factor, validate_args=validate_args)
             else:
                 super().__init__(loc, covariance_matrix, precision_matrix, scale_tril, validate_args)
 
@@ -102,24 +90,12 @@ class GenerateRunner(Runner):
     def __init__(self, case, paths):
         from pyramid_dit.pyramid_dit_for_video_gen_pipeline import PyramidDiTForVideoGeneration
 
-        use_torch212_block_factor()
+        use_torch212_block_factor(torch.load(paths["block_factor"]))
         self.case = case
         self.pipe = PyramidDiTForVideoGeneration(paths["weights"], model_dtype="fp32", model_name="pyramid_flux",
                                                  model_variant="diffusion_transformer_384p")
         self.pipe.vae.enable_tiling()
-        self.decode = self.pipe.vae.decode
-        self.decode_kwargs = None
-        self.timing = {}
-        self.z = None
-
-        def timed_decode(z, **kwargs):
-            self.z, self.decode_kwargs = z.clone(), kwargs
-            start = time.perf_counter()
-            out = self.decode(z, **kwargs)
-            self.timing["decode_in_generate_s"] = time.perf_counter() - start
-            return out
-
-        self.pipe.vae.decode = timed_decode
+        self.decoder = self.pipe.vae.decode = DecodeTimer(self.pipe.vae.decode)
 
     def call(self):
         c = self.case
@@ -131,16 +107,14 @@ class GenerateRunner(Runner):
 
     def tensors(self, output):
         frames = torch.from_numpy(np.stack([np.asarray(image) for image in output]))
-        return {"frames": frames, "latents": self.z}
+        return {"frames": frames, "latents": self.decoder.z}
 
     def extras(self):
-        return dict(self.timing)
+        return self.decoder.extras()
 
     def decode_again(self):
-        start = time.perf_counter()
-        with torch.no_grad():
-            self.decode(self.z.clone(), **self.decode_kwargs)
-        return time.perf_counter() - start
+        """The decode of the last generate()'s latents, once more, outside generate() (same process)."""
+        return self.decoder.again()
 
 
 def setup(case, paths):

@@ -2,7 +2,6 @@
 
 import os
 import sys
-import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -11,7 +10,7 @@ sys.path[:0] = [REPO, os.path.dirname(HERE)]
 
 import torch  # noqa: E402
 
-from sidebyside.protocol import Runner, serve  # noqa: E402
+from sidebyside.protocol import DecodeTimer, Runner, serve  # noqa: E402
 
 
 class DiTRunner(Runner):
@@ -57,19 +56,7 @@ class GenerateRunner(Runner):
         self.case = case
         self.pipe = PyramidFlowPipeline.from_pretrained(paths["weights"], dit_folder="diffusion_transformer_384p",
                                                         device="cpu", dtype=torch.float32)
-        self.decode = self.pipe.vae.decode
-        self.decode_kwargs = None
-        self.timing = {}
-        self.z = None
-
-        def timed_decode(z, **kwargs):
-            self.z, self.decode_kwargs = z.clone(), kwargs
-            start = time.perf_counter()
-            out = self.decode(z, **kwargs)
-            self.timing["decode_in_generate_s"] = time.perf_counter() - start
-            return out
-
-        self.pipe.vae.decode = timed_decode
+        self.decoder = self.pipe.vae.decode = DecodeTimer(self.pipe.vae.decode)
 
     def call(self):
         c = self.case
@@ -79,17 +66,14 @@ class GenerateRunner(Runner):
                                   seed=c["seed"], noise="official", save_memory=True)
 
     def tensors(self, output):
-        return {"frames": output, "latents": self.z}
+        return {"frames": output, "latents": self.decoder.z}
 
     def extras(self):
-        return dict(self.timing)
+        return self.decoder.extras()
 
     def decode_again(self):
         """The decode of the last generate()'s latents, once more, outside generate() (same process)."""
-        start = time.perf_counter()
-        with torch.no_grad():
-            self.decode(self.z.clone(), **self.decode_kwargs)
-        return time.perf_counter() - start
+        return self.decoder.again()
 
 
 def setup(case, paths):
