@@ -95,8 +95,22 @@ class DecodeTimer:
         return time.perf_counter() - start
 
 
-def serve(setup) -> None:
-    """setup(case, paths) -> Runner. Runs the command loop until 'exit' or end of input."""
+class GenerateRunner(Runner):
+    """A whole generate() whose VAE decode is a :class:`DecodeTimer` (``self.decoder``)."""
+
+    decoder: DecodeTimer
+
+    def extras(self) -> dict:
+        return self.decoder.extras()
+
+    def decode_again(self) -> float:
+        """The decode of the last generate()'s latents, once more, outside generate() (same process)."""
+        return self.decoder.again()
+
+
+def serve(runners: dict) -> None:
+    """runners: case kind -> Runner class, built with (case, paths). Runs the command loop until 'exit' or end of
+    input."""
     reply_stream = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # the models' prints (Python and C) go to stderr
     sys.stdout = sys.stderr
@@ -115,7 +129,7 @@ def serve(setup) -> None:
                 return
             if cmd == "load":
                 start = time.perf_counter()
-                state["runner"] = setup(msg["case"], msg["paths"])
+                state["runner"] = runners[msg["case"]["kind"]](msg["case"], msg["paths"])
                 touched = make_resident(state["runner"])
                 gc.collect()
                 state["loaded_rss"] = rss_mb()

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import torch  # noqa: E402
 
+from sidebyside import protocol  # noqa: E402
 from sidebyside.protocol import DecodeTimer, Runner, serve  # noqa: E402
 
 def use_torch212_block_factor(factor: torch.Tensor) -> None:
@@ -83,7 +84,7 @@ class VAERunner(Runner):
         return {"output": output}
 
 
-class GenerateRunner(Runner):
+class GenerateRunner(protocol.GenerateRunner):
     """PyramidDiTForVideoGeneration.generate() (output_type 'pil', save_memory) after torch.manual_seed(seed),
     as the official app; vae.decode is wrapped to time it and keep the latents it receives."""
 
@@ -109,16 +110,9 @@ class GenerateRunner(Runner):
         frames = torch.from_numpy(np.stack([np.asarray(image) for image in output]))
         return {"frames": frames, "latents": self.decoder.z}
 
-    def extras(self):
-        return self.decoder.extras()
-
-    def decode_again(self):
-        """The decode of the last generate()'s latents, once more, outside generate() (same process)."""
-        return self.decoder.again()
 
 
-def setup(case, paths):
-    return {"dit": DiTRunner, "vae": VAERunner, "generate": GenerateRunner}[case["kind"]](case, paths)
+RUNNERS = {"dit": DiTRunner, "vae": VAERunner, "generate": GenerateRunner}
 
 
 def main() -> None:
@@ -132,7 +126,7 @@ def main() -> None:
         import tv_stub
 
         tv_stub.install()
-    serve(setup)
+    serve(RUNNERS)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ sys.path[:0] = [REPO, os.path.dirname(HERE)]
 
 import torch  # noqa: E402
 
+from sidebyside import protocol  # noqa: E402
 from sidebyside.protocol import DecodeTimer, Runner, serve  # noqa: E402
 
 
@@ -45,7 +46,7 @@ class VAERunner(Runner):
         return {"output": output}
 
 
-class GenerateRunner(Runner):
+class GenerateRunner(protocol.GenerateRunner):
     """PyramidFlowPipeline.generate() with the official random stream; vae.decode is wrapped to time it and to
     keep the (denormalised) latents it receives."""
 
@@ -68,17 +69,10 @@ class GenerateRunner(Runner):
     def tensors(self, output):
         return {"frames": output, "latents": self.decoder.z}
 
-    def extras(self):
-        return self.decoder.extras()
-
-    def decode_again(self):
-        """The decode of the last generate()'s latents, once more, outside generate() (same process)."""
-        return self.decoder.again()
 
 
-def setup(case, paths):
-    return {"dit": DiTRunner, "vae": VAERunner, "generate": GenerateRunner}[case["kind"]](case, paths)
+RUNNERS = {"dit": DiTRunner, "vae": VAERunner, "generate": GenerateRunner}
 
 
 if __name__ == "__main__":
-    serve(setup)
+    serve(RUNNERS)
