@@ -209,11 +209,11 @@ class ChunkWalk:
              context: int = 2) -> int:
         """A causal 3-wide conv of an input held by the caller: its time-padded copy and its output; returns the
         output bytes. ``context``: frames it caches (and pads with on a later chunk). The first call on one frame
-        is its last temporal tap alone (``CausalConv3d.last_tap``): no padded copy, one cached frame."""
+        is its last temporal tap alone (``CausalConv3d.last_tap``): no padded copy."""
         single = self.first and frames == 1
         pad = 2 if self.first else context
         if self.first:
-            self.cache += self.bytes(c_in, 1 if single else context, pixels)
+            self.cache += self.bytes(c_in, context, pixels)
         out = self.bytes(c_out, out_frames, out_pixels)
         self.at(held, 0 if single else self.bytes(c_in, frames + pad, pixels), out)
         return out

@@ -136,15 +136,12 @@ class CausalConv3d(nn.Module):
         if first and x.shape[2] == 1 and self.time_pad:
             out = self.last_tap(x, out_channels)
             if out is not None:
-                if cache is not None and self.context_frames:
-                    cache.frames[self] = x.clone()  # the zero frame in front of it is added when it is used
+                if cache is not None and self.context_frames:  # what the padded input [0, 0, x] would leave
+                    cache.frames[self] = torch.cat([zeros_like_frames(x, self.context_frames - 1), x], dim=2)
                 return out
         front = self.time_pad if first else self.context_frames
         if front:
-            context = zeros_like_frames(x, front) if first else cache.frames[self]
-            if context.shape[2] < front:  # cached by last_tap: one real frame, after zero frames
-                context = torch.cat([zeros_like_frames(x, front - context.shape[2]), context], dim=2)
-            x = torch.cat([context, x], dim=2)
+            x = torch.cat([zeros_like_frames(x, front) if first else cache.frames[self], x], dim=2)
         if cache is not None and self.context_frames:
             cache.frames[self] = x[:, :, -self.context_frames :].clone()  # a copy, so the chunk can be freed
         out = self.conv(x)
