@@ -162,6 +162,7 @@ def test_decode_assembles_the_video_on_the_output_device(vae, tile_px):
     _, latent = inputs(latent_frames=3, height=24, width=32)
     kwargs = dict(temporal_chunk=True, window_size=1, tile_sample_min_size=tile_px)
     default = vae.decode(latent, **kwargs)
+    # bit-exact: on the CPU both run the same kernels on the same tiles; only where the pieces are assembled differs
     assert torch.equal(vae.decode(latent, **kwargs, output_device=torch.device("cpu")), default)
     elsewhere = vae.decode(latent, **kwargs, output_device=torch.device("meta"))
     assert elsewhere.device.type == "meta" and elsewhere.shape == default.shape
@@ -184,7 +185,7 @@ def test_streamed_decode_can_park_the_tile_caches(vae, monkeypatch):
 
     monkeypatch.setattr(CausalCache, "to", spy)
     parked = torch.cat(list(vae.iter_decode(latent, 1, tile_sample_min_size=16, cache_device=torch.device("cpu"))), 2)
-    assert torch.equal(parked, expected)
+    assert torch.equal(parked, expected)  # bit-exact: the same computation, the caches copied to the CPU and back
     caches = {cache for cache, _ in moves}
     assert len(caches) > 1  # one per tile
     chunks = len(temporal_chunks(latent.shape[2], 1))
