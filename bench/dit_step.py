@@ -39,7 +39,8 @@ def use_dense_mask() -> None:
 
 def measure(unit: int, dense: bool) -> dict:
     from pyramid_flow.dit import PyramidFluxDiT
-    from pyramid_flow.sampler import history_clips
+    from pyramid_flow.history import history_clips
+    from pyramid_flow.latents import PYRAMID_STAGES
 
     if dense:
         use_dense_mask()
@@ -48,7 +49,7 @@ def measure(unit: int, dense: bool) -> dict:
     dit = PyramidFluxDiT(**CONFIG).eval()
     h, w = HEIGHT // 8, WIDTH // 8
     frames = torch.randn(1, 16, unit, h, w, generator=generator)
-    clips = [torch.cat([c] * 2) for c in history_clips(frames, 3)[2]] + [torch.randn(2, 16, 1, h, w, generator=generator)]
+    clips = [torch.cat([c] * 2) for c in history_clips(frames, PYRAMID_STAGES)[-1]] + [torch.randn(2, 16, 1, h, w, generator=generator)]
     context = torch.randn(2, 128, CONFIG["joint_attention_dim"], generator=generator)
     mask = torch.zeros(2, 128, dtype=torch.int64)
     mask[:, :20] = 1

@@ -37,7 +37,9 @@ from pyramid_flow.attention import sdpa_attention  # noqa: E402
 from pyramid_flow.dit.loading import dit_skeleton  # noqa: E402
 from pyramid_flow.latents import LATENT_CHANNELS, SPATIAL_SCALE, frames_for_temp, temp_for_seconds  # noqa: E402
 from pyramid_flow.noise import SeededNoise  # noqa: E402
-from pyramid_flow.sampler import PyramidSampler, StepInfo, max_sequence_length  # noqa: E402
+from pyramid_flow.history import max_sequence_length  # noqa: E402
+from pyramid_flow.memory import decode_memory, dit_memory  # noqa: E402
+from pyramid_flow.sampler import PyramidSampler, StepInfo  # noqa: E402
 from pyramid_flow.testing.tiny import TINY_DIT, tiny_vae_config, with_random_weights  # noqa: E402
 from pyramid_flow.text.embeddings import TEXT_TOKENS, TextEmbeddings  # noqa: E402
 from pyramid_flow.vae import SAVE_MEMORY_DECODE, CausalVideoVAE  # noqa: E402
@@ -216,7 +218,7 @@ class GpuCheck:
             video_steps=self.plan.video_steps, guidance_scale=7.0, video_guidance_scale=5.0)
         seconds = time.perf_counter() - started
         peak = self.meter.stop()
-        predicted = self.dit.memory_estimate(height, width, temp - 1, 2, self.plan.dtype)
+        predicted = dit_memory(self.dit, height, width, temp - 1, 2, self.plan.dtype)
         units = unit_times(record)
         self.report.section(
             f"Text-to-video {width}x{height}, {temp} latent frames ({frames_for_temp(temp)} frames)",
@@ -236,7 +238,7 @@ class GpuCheck:
         seconds = time.perf_counter() - started
         peak = self.meter.stop()
         del video
-        predicted = self.vae.decode_memory(tuple(latents.shape), settings.window_size, settings.tile_sample_min_size)
+        predicted = decode_memory(self.vae, tuple(latents.shape), settings.window_size, settings.tile_sample_min_size)
         frames = frames_for_temp(latents.shape[2])
         self.report.section(
             f"Decode {label}: {frames} frames, tile {settings.tile_sample_min_size}, window {settings.window_size}",
@@ -265,7 +267,7 @@ class GpuCheck:
         seconds = time.perf_counter() - started
         peak = self.meter.stop()
         last = history + units - 1
-        predicted = self.dit.memory_estimate(height, width, last, 2, self.plan.dtype)
+        predicted = dit_memory(self.dit, height, width, last, 2, self.plan.dtype)
         rows = [f"| {info.unit} | {info.stage + 1} | {info.step + 1} | {s * 1000:.0f} |" for info, s in record]
         self.report.section(
             f"Last {units} latent frames of a {width}x{height} video ({history + units} latent frames)",

@@ -24,7 +24,8 @@ import torch
 
 from pyramid_flow.dit import PyramidFluxDiT
 from pyramid_flow.noise import SeededNoise
-from pyramid_flow.sampler import PyramidSampler, max_sequence_length
+from pyramid_flow.history import max_sequence_length
+from pyramid_flow.sampler import PyramidSampler
 from pyramid_flow.text import TextEmbeddings
 
 SMALL_DIT = dict(num_attention_heads=4, num_layers=2, num_single_layers=4, joint_attention_dim=256, pooled_projection_dim=64)

@@ -11,6 +11,7 @@ import comfy.utils
 from comfy_api.v0_0_2 import io
 
 from ..pyramid_flow.latents import LATENT_CHANNELS, normalize
+from ..pyramid_flow.memory import decode_memory, encode_memory
 from ..pyramid_flow.variants import get_variant
 from ..pyramid_flow.vae import SAVE_MEMORY_DECODE
 from . import models
@@ -57,7 +58,7 @@ def encode_with_retry(vae, video: torch.Tensor, tile: int, window: int, what: st
     """VAE input [1, 3, F, H, W] in [-1, 1] -> moments [1, 32, T, H/8, W/8], loaded through model management, with
     progress, interrupt and the out-of-memory retry."""
     dtype, module = vae.model.dtype_, vae.model.vae
-    memory = module.encode_memory(tuple(video.shape), window, tile or None, tile_overlap)
+    memory = encode_memory(module, tuple(video.shape), window, tile or None, tile_overlap)
     mm.load_models_gpu([vae], memory_required=memory)
     video = video.to(device=vae.load_device, dtype=dtype)
 
@@ -75,7 +76,7 @@ def decode_latent(vae, z: torch.Tensor, tile: int, tile_overlap: float, window: 
     dtype, module = vae.model.dtype_, vae.model.vae
     output_device = mm.intermediate_device()  # the video is assembled there: the VAE's device holds a tile at a time
     on_device = torch.device(output_device) == torch.device(vae.load_device)
-    memory = module.decode_memory(tuple(z.shape), window, tile or None, tile_overlap, output_on_device=on_device)
+    memory = decode_memory(module, tuple(z.shape), window, tile or None, tile_overlap, output_on_device=on_device)
     mm.load_models_gpu([vae], memory_required=memory)
     z = z.to(device=vae.load_device, dtype=dtype)
 

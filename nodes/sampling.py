@@ -14,6 +14,7 @@ from comfy_api.v0_0_2 import io
 
 from ..pyramid_flow import latents as latent_utils
 from ..pyramid_flow.dit.compile import compiled_blocks
+from ..pyramid_flow.memory import dit_memory
 from ..pyramid_flow.noise import NOISE_MODES, make_noise
 from ..pyramid_flow.sampler import PyramidSampler, StepInfo, count_dit_steps
 from ..pyramid_flow.scheduler import PyramidFlowScheduler
@@ -89,7 +90,7 @@ def run_sampler(model, run: Callable[[PyramidSampler], torch.Tensor], *, height:
     wrapper = model.model
     compute = wrapper.compute_dtype
     batch = 2 if guidance_scale > 0 else 1  # CFG runs the negative prompt in the same call
-    memory = wrapper.diffusion_model.memory_estimate(height, width, num_units - 1, batch, compute, history_window)
+    memory = dit_memory(wrapper.diffusion_model, height, width, num_units - 1, batch, compute, history_window)
     mm.load_models_gpu([model], memory_required=memory)
     models.use_comfy_attention()
     device = model.load_device

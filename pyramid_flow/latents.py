@@ -12,6 +12,7 @@ FPS = 24
 LATENT_CHANNELS = 16  # the VAE's latent channels = the DiT's input and output channels
 SPATIAL_SCALE = 8  # pixels per latent pixel (the VAE's spatial compression)
 TEMPORAL_SCALE = 8  # pixel frames per latent frame after the first (the VAE's causal temporal compression)
+PYRAMID_STAGES = 3  # spatial resolutions each latent frame passes through (1/4, 1/2, full) in the released models
 RESOLUTION_MULTIPLE = 64  # VAE 8 x pyramid 4 x patch 2
 TRAINED_LATENT_FRAMES = 31  # the longest video the checkpoints were trained on (768p, 10 s); temporal ids 0..30
 TRAINED_RESOLUTIONS = {

@@ -17,15 +17,17 @@ from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .latents import LATENT_CHANNELS, SPATIAL_SCALE, TEMPORAL_SCALE, frames_for_temp
+from .dit.base import PyramidDiT
 from .dit.layers import MIN_PIECE_TOKENS, TOKEN_PIECES
-from .sampler import max_sequence_length, window_frames
+from .dit.loading import dit_skeleton
+from .dtypes import compute_dtype
+from .history import max_sequence_length, window_frames
+from .latents import LATENT_CHANNELS, PYRAMID_STAGES, SPATIAL_SCALE, TEMPORAL_SCALE, frames_for_temp
 from .text.embeddings import TEXT_TOKENS
 from .vae.layers import FRAME_PIECE
 from .vae.tiling import tile_grid
 
 FLOAT32 = 4  # bytes; norms, RoPE and the SD3 position table compute in float32 whatever the activation dtype
-STAGES = 3  # pyramid stages of the released models
 
 
 def upcast_bytes(itemsize: int) -> int:
@@ -48,8 +50,10 @@ class DiTShape:
     patch_size: int = 2
 
     @classmethod
-    def of_model(cls, dit: torch.nn.Module) -> "DiTShape":
-        """From a built :class:`~pyramid_flow.dit.PyramidDiT` (either variant)."""
+    def of_model(cls, dit: torch.nn.Module) -> Optional["DiTShape"]:
+        """From a built :class:`~pyramid_flow.dit.PyramidDiT` (either variant); None for any other module."""
+        if not isinstance(dit, PyramidDiT):
+            return None
         table = getattr(getattr(dit, "pos_embed", None), "pos_embed", None)
         return cls(dit.context_embedder.out_features, dit.transformer_blocks[0].attn.heads,
                    len(getattr(dit, "single_transformer_blocks", ())) > 0, table is not None, dit.patch_size)
@@ -60,12 +64,12 @@ def dit_activation_bytes(shape: DiTShape, height: int, width: int, past_frames: 
     """Peak activation bytes of the largest DiT call of a unit: its last pyramid stage.
 
     height, width: video size in pixels; past_frames: latent frames before the unit (the unit's index); the
-    history it sees is :func:`~pyramid_flow.sampler.window_frames` of them; batch: 2 with classifier-free
+    history it sees is :func:`~pyramid_flow.history.window_frames` of them; batch: 2 with classifier-free
     guidance; dtype: the compute dtype (bf16 also for fp8 weights).
     """
     history = len(window_frames(past_frames, history_window))
-    tokens = max_sequence_length(height, width, history, STAGES, shape.patch_size)
-    current = max_sequence_length(height, width, 0, STAGES, shape.patch_size) - TEXT_TOKENS
+    tokens = max_sequence_length(height, width, history, PYRAMID_STAGES, shape.patch_size)
+    current = max_sequence_length(height, width, 0, PYRAMID_STAGES, shape.patch_size) - TEXT_TOKENS
     return max(dit_moments(shape, batch, tokens - TEXT_TOKENS, current, dtype.itemsize))
 
 
@@ -122,12 +126,18 @@ def dit_moments(shape: DiTShape, batch: int, image: int, current: int, itemsize:
     return moments
 
 
+def dit_memory(dit: torch.nn.Module, height: int, width: int, past_frames: int, batch: int = 2,
+               dtype: Optional[torch.dtype] = None, history_window: Optional[int] = None) -> int:
+    """:func:`dit_activation_bytes` of a built DiT; ``dtype``: the compute dtype, by default the one its weights
+    compute in (bf16 for fp8 weights)."""
+    dtype = dtype or compute_dtype(dit.proj_out.weight.dtype)
+    return dit_activation_bytes(DiTShape.of_model(dit), height, width, past_frames, batch, dtype, history_window)
+
+
 def dit_memory_estimate(variant: str, config: Mapping, height: int, width: int, past_frames: int, batch: int = 2,
                         dtype: torch.dtype = torch.bfloat16, history_window: Optional[int] = None) -> int:
     """:func:`dit_activation_bytes` from a DiT ``config.json`` ({} for the official sizes), with the model
     built on the meta device (no weights)."""
-    from .dit.loading import dit_skeleton  # the DiT's memory_estimate imports this module
-
     shape = DiTShape.of_model(dit_skeleton(variant, config))
     return dit_activation_bytes(shape, height, width, past_frames, batch, dtype, history_window)
 
@@ -426,3 +436,33 @@ def vae_encode_memory(video_shape: Sequence[int], window_size: int = 2, tile_sam
     """:func:`vae_encode_bytes` from a VAE ``config.json`` (None: the official VAE), without building the model."""
     return vae_encode_bytes(VaeShape.from_config(config), video_shape, window_size, tile_sample_min_size,
                             tile_overlap, dtype)
+
+
+# --- a built VAE: its structure and dtype read from its modules ------------------------------------------------
+
+
+def vae_dtype(vae: torch.nn.Module) -> torch.dtype:
+    return vae.decoder.conv_in.conv.weight.dtype
+
+
+def decode_memory(vae: torch.nn.Module, latent_shape: Sequence[int], window_size: int = 1,
+                  tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25,
+                  output_on_device: bool = True) -> int:
+    """:func:`vae_decode_bytes` of a built :class:`~pyramid_flow.vae.CausalVideoVAE`, in its dtype;
+    ``output_on_device=False`` when the video is assembled on another device (``decode(output_device=...)``)."""
+    return vae_decode_bytes(VaeShape.of_model(vae), latent_shape, window_size, tile_sample_min_size, tile_overlap,
+                            vae_dtype(vae), output_on_device)
+
+
+def stream_cache_memory(vae: torch.nn.Module, latent_shape: Sequence[int], window_size: int = 1,
+                        tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25) -> int:
+    """:func:`vae_stream_cache_bytes` of a built VAE: the causal caches ``iter_decode`` keeps for all tiles."""
+    return vae_stream_cache_bytes(VaeShape.of_model(vae), latent_shape, window_size, tile_sample_min_size,
+                                  tile_overlap, vae_dtype(vae))
+
+
+def encode_memory(vae: torch.nn.Module, video_shape: Sequence[int], window_size: int = 2,
+                  tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25) -> int:
+    """:func:`vae_encode_bytes` of a built VAE for a video [B, 3, F, H, W] (the video included), in its dtype."""
+    return vae_encode_bytes(VaeShape.of_model(vae), video_shape, window_size, tile_sample_min_size, tile_overlap,
+                            vae_dtype(vae))

@@ -17,6 +17,7 @@ from .image import ImageLike, image_to_vae_input, resize_to, to_pil
 from .loading.detect import checkpoint_kind
 from .loading.hub import DIT_FOLDERS, VAE_FOLDER
 from .loading.state_dict import CheckpointError
+from .memory import stream_cache_memory
 from .noise import NoiseSource, make_noise
 from .sampler import Conditioning, PyramidSampler, StepCallback
 from .scheduler import PyramidFlowScheduler
@@ -296,7 +297,7 @@ class PyramidFlowPipeline:
         28 tiles of 256 px, about 0.5 GB of cache each in bf16); None (keep them on the device) otherwise."""
         if self.device.type != "cuda":
             return None
-        needed = vae.stream_cache_memory(tuple(latent.shape), settings.window_size, settings.tile_sample_min_size)
+        needed = stream_cache_memory(vae, tuple(latent.shape), settings.window_size, settings.tile_sample_min_size)
         free, _ = torch.cuda.mem_get_info(self.device)
         return torch.device("cpu") if needed > free // 2 else None
 

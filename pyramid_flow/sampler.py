@@ -21,10 +21,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .history import check_history_window, halve, history_clips, per_frame, window_frames
 from .latents import LATENT_CHANNELS, SPATIAL_SCALE, TRAINED_LATENT_FRAMES, normalize
+from .memory import DiTShape, dit_activation_bytes
 from .noise import NoiseSource, draw_posterior
 from .scheduler import PyramidFlowScheduler
-from .text.embeddings import TEXT_TOKENS, TextEmbeddings
+from .text.embeddings import TextEmbeddings
 from .text.schedule import PromptSchedule
 from .variants import Variant
 
@@ -69,94 +71,11 @@ def count_dit_steps(new_units: int, first_frame_steps: Steps, video_steps: Steps
     return first + (new_units - (1 if first else 0)) * sum(stage_steps(video_steps, stages))
 
 
-def per_frame(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Apply a 2-D op to every frame of [B, C, T, H, W]."""
-    b, c, t = x.shape[:3]
-    frames = fn(x.permute(0, 2, 1, 3, 4).flatten(0, 1))
-    return frames.unflatten(0, (b, t)).permute(0, 2, 1, 3, 4)
-
-
-def halve(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear (align_corners=False) downsample to floor(h/2) x floor(w/2), per frame."""
-    size = (x.shape[-2] // 2, x.shape[-1] // 2)
-    return per_frame(x, lambda f: F.interpolate(f, size=size, mode="bilinear"))
-
-
 def noise_pyramid_bottom(noise: torch.Tensor, stages: int) -> torch.Tensor:
     """Full-resolution noise -> the stage-0 noise: bilinear 1/2 and x2, once per lower stage (keeps unit variance)."""
     for _ in range(stages - 1):
         noise = halve(noise) * 2
     return noise
-
-
-def latent_pyramid(latents: torch.Tensor, stages: int) -> List[torch.Tensor]:
-    """Clean latents -> one copy per stage, lowest resolution first (bilinear 1/2 per level, no rescale)."""
-    levels = [latents]
-    for _ in range(stages - 1):
-        levels.append(halve(levels[-1]))
-    return levels[::-1]
-
-
-HistoryPlan = List[List[Tuple[int, int, int]]]  # per stage: clips as (level, first frame, end frame), oldest first
-
-
-def history_plan(num_frames: int, stages: int) -> HistoryPlan:
-    """Which frames of the history each stage sees, at which pyramid level (official ``generate`` history rule).
-
-    The newest frame is taken at the stage's level; walking back, each older frame drops one level until level
-    0, where all remaining older frames form one clip.
-    """
-    plan = []
-    for stage in range(stages):
-        clips = [(stage, num_frames - 1, num_frames)]
-        level, used = stage, 1
-        while used < num_frames:
-            level = max(level - 1, 0)
-            if level == 0:
-                break
-            used += 1
-            clips.append((level, num_frames - used, num_frames - used + 1))
-        if used < num_frames:
-            clips.append((0, 0, num_frames - used))
-        plan.append(clips[::-1])
-    return plan
-
-
-def history_clips(frames: torch.Tensor, stages: int) -> List[List[torch.Tensor]]:
-    """History frames [B, C, T, h, w] -> per stage, the condition clips for the next unit, oldest first."""
-    levels = latent_pyramid(frames, stages)
-    return [[levels[level][:, :, start:end] for level, start, end in clips]
-            for clips in history_plan(frames.shape[2], stages)]
-
-
-def window_frames(num_frames: int, history_window: Optional[int]) -> List[int]:
-    """Indices of the past frames a unit sees: all of them, or the first plus the newest ``history_window - 1``."""
-    if history_window is None or num_frames <= history_window:
-        return list(range(num_frames))
-    return [0] + list(range(num_frames - history_window + 1, num_frames))
-
-
-def check_history_window(history_window: Optional[int]) -> None:
-    if history_window is not None and not 2 <= history_window <= TRAINED_LATENT_FRAMES - 1:
-        raise ValueError(
-            f"history_window {history_window} must be between 2 (the first frame and the newest) and "
-            f"{TRAINED_LATENT_FRAMES - 1} (the checkpoints were trained on {TRAINED_LATENT_FRAMES} latent frames), "
-            "or None for the whole history."
-        )
-
-
-def max_sequence_length(height: int, width: int, history_frames: int, stages: int = 3, patch_size: int = 2,
-                        text_tokens: int = TEXT_TOKENS) -> int:
-    """Tokens of the largest DiT call of a unit with ``history_frames`` past frames (its last stage): text, the
-    history clips of :func:`history_plan` and the current frame."""
-    h, w = height // SPATIAL_SCALE, width // SPATIAL_SCALE
-
-    def tokens(level: int, frames: int) -> int:
-        scale = 2 ** (stages - 1 - level)
-        return frames * (h // scale // patch_size) * (w // scale // patch_size)
-
-    last = history_plan(history_frames, stages)[-1] if history_frames else []
-    return text_tokens + tokens(stages - 1, 1) + sum(tokens(level, end - start) for level, start, end in last)
 
 
 @dataclass
@@ -271,11 +190,11 @@ class PyramidSampler:
             f"{num_units} latent frames with the whole history exceed the {TRAINED_LATENT_FRAMES} the checkpoints were "
             "trained on: temporal positions leave the trained range and every DiT call grows with the video. Set "
             f"history_window (e.g. {SUGGESTED_HISTORY_WINDOW}) to bound both.")
-        estimate = getattr(self.dit, "memory_estimate", None)
-        if estimate is None:
+        shape = DiTShape.of_model(self.dit)
+        if shape is None:  # a stand-in model without the DiT's layers (tests)
             return message
-        full = estimate(*size, num_units - 1, batch, self.dtype)
-        windowed = estimate(*size, num_units - 1, batch, self.dtype, SUGGESTED_HISTORY_WINDOW)
+        full = dit_activation_bytes(shape, *size, num_units - 1, batch, self.dtype)
+        windowed = dit_activation_bytes(shape, *size, num_units - 1, batch, self.dtype, SUGGESTED_HISTORY_WINDOW)
         return (f"{message} The last frame needs about {full / 2**30:.1f} GiB of DiT activations; with "
                 f"history_window {SUGGESTED_HISTORY_WINDOW}, {windowed / 2**30:.1f} GiB for any length.")
 

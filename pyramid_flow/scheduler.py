@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .latents import PYRAMID_STAGES
+
 
 @dataclass(frozen=True)
 class Renoise:
@@ -32,7 +34,7 @@ class PyramidFlowScheduler:
     def __init__(
         self,
         shift: float = 1.0,
-        stages: int = 3,
+        stages: int = PYRAMID_STAGES,
         stage_range: Sequence[float] = (0, 1 / 3, 2 / 3, 1),
         gamma: float = 1 / 3,
         num_train_timesteps: int = 1000,

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pyramid_flow.dit import DIT_CLASSES
-from pyramid_flow.memory import (VaeShape, dit_memory_estimate, vae_decode_memory, vae_encode_memory)
+from pyramid_flow.memory import (VaeShape, decode_memory, dit_memory, dit_memory_estimate, encode_memory,
+                                 vae_decode_memory, vae_encode_memory)
 from pyramid_flow.testing.tiny import TINY_DIT
 from pyramid_flow.vae import CausalVideoVAE
 
@@ -79,13 +80,13 @@ def test_vae_tiles_and_windows_bound_the_decode():
     assert 0 < longer - tiled < 3 * frame_bytes * 8 * 30
 
 
-def test_model_methods_agree_with_the_config_functions():
+def test_built_model_estimates_agree_with_the_config_functions():
     for variant, config in TINY_DIT.items():
         dit = DIT_CLASSES[variant](**config, device="meta", dtype=torch.bfloat16)
-        assert dit.memory_estimate(256, 384, 5) == dit_memory_estimate(variant, config, 256, 384, 5)
+        assert dit_memory(dit, 256, 384, 5) == dit_memory_estimate(variant, config, 256, 384, 5)
     for config in (SMALL_VAE, {}):
         vae = CausalVideoVAE(**config, device="meta", dtype=torch.float32)
         assert VaeShape.of_model(vae) == VaeShape.from_config(config)
         latent, video = (1, 16, 4, 32, 48), (1, 3, 25, 256, 384)
-        assert vae.decode_memory(latent) == vae_decode_memory(latent, dtype=torch.float32, config=config)
-        assert vae.encode_memory(video) == vae_encode_memory(video, dtype=torch.float32, config=config)
+        assert decode_memory(vae, latent) == vae_decode_memory(latent, dtype=torch.float32, config=config)
+        assert encode_memory(vae, video) == vae_encode_memory(video, dtype=torch.float32, config=config)

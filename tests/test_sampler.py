@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from pyramid_flow.noise import SeededNoise
-from pyramid_flow.sampler import (PyramidSampler, count_dit_steps, history_clips, max_sequence_length,
-                                  noise_pyramid_bottom, stage_steps, window_frames)
+from pyramid_flow.history import history_clips, max_sequence_length, window_frames
+from pyramid_flow import sampler as sampler_module
+from pyramid_flow.sampler import PyramidSampler, count_dit_steps, noise_pyramid_bottom, stage_steps
 from pyramid_flow.text.embeddings import TextEmbeddings
 from pyramid_flow.text.schedule import PromptSchedule
 from pyramid_flow.variants import MINIFLUX
@@ -176,19 +177,21 @@ def test_stage_steps_validation():
         stage_steps([1, 0, 2], 3)
 
 
-def test_a_video_beyond_the_trained_length_warns_with_its_memory():
-    """Past 31 latent frames without a window the warning names the fix and, from the DiT's memory model, the
+def test_a_video_beyond_the_trained_length_warns_with_its_memory(monkeypatch):
+    """Past 31 latent frames without a window the warning names the fix and, from the memory model, the
     activations of the last frame with and without the suggested window."""
+    asked = []
 
-    class EstimatingDiT(LinearDiT):
-        def memory_estimate(self, height, width, past_frames, batch, dtype, history_window=None):
-            self.asked = getattr(self, "asked", []) + [(height, width, past_frames, batch, history_window)]
-            return (3 if history_window is None else 1) * 2**30
+    def activation_bytes(shape, height, width, past_frames, batch, dtype, history_window=None):
+        asked.append((shape, height, width, past_frames, batch, history_window))
+        return (3 if history_window is None else 1) * 2**30
 
-    dit = EstimatingDiT()
+    monkeypatch.setattr(sampler_module.DiTShape, "of_model", classmethod(lambda cls, dit: "shape"))
+    monkeypatch.setattr(sampler_module, "dit_activation_bytes", activation_bytes)
     with pytest.warns(UserWarning, match=r"history_window.*3\.0 GiB.*history_window 16, 1\.0 GiB"):
-        _t2v(dit, temp=32)
-    assert dit.asked == [(128, 192, 31, 2, None), (128, 192, 31, 2, 16)]  # CFG batch 2, the last unit
+        _t2v(LinearDiT(), temp=32)
+    assert asked == [("shape", 128, 192, 31, 2, None), ("shape", 128, 192, 31, 2, 16)]  # CFG batch 2, the last unit
+    monkeypatch.undo()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _t2v(LinearDiT(), temp=32, history_window=16)

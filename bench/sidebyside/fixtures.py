@@ -69,13 +69,14 @@ def write_vae(folder: str, vae: dict) -> None:
 
 def dit_inputs(case: dict) -> dict:
     """The stage-2 DiT call of unit ``case['unit']`` as PyramidSampler makes it (CFG batch 2)."""
-    from pyramid_flow.sampler import history_clips
+    from pyramid_flow.history import history_clips
+    from pyramid_flow.latents import PYRAMID_STAGES
 
     generator = torch.Generator().manual_seed(SEED + 2)
     config = case["config"]
     h, w = case["height"] // 8, case["width"] // 8
     frames = torch.randn(1, 16, case["unit"], h, w, generator=generator)
-    clips = [torch.cat([c] * 2) for c in history_clips(frames, 3)[2]] if case["unit"] else []
+    clips = [torch.cat([c] * 2) for c in history_clips(frames, PYRAMID_STAGES)[-1]] if case["unit"] else []
     sample = torch.randn(1, 16, 1, h, w, generator=generator)
     clips.append(torch.cat([sample] * 2))
     mask = torch.zeros(2, 128, dtype=torch.int64)

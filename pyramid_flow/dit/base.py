@@ -3,12 +3,11 @@
 Shapes: B batch, Lt text tokens, N image tokens, D model width, P pooled text width, n position axes.
 """
 
-from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Callable, ClassVar, Dict, List, Mapping, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
 
-from ..dtypes import compute_dtype
 from .embeddings import TimestepTextEmbedding, rope_cos_sin
 from .layers import AdaLayerNormContinuous, Rope
 from .sequence import JointMask, joint_attention_mask, token_grid, unpatchify, with_text_positions
@@ -94,16 +93,6 @@ class PyramidDiT(nn.Module):
         x = x[:, x.shape[1] - grid[0] * grid[1] * grid[2] :]  # tokens of the last clip
         x = self.proj_out(self.norm_out(x, temb))  # [B, n_last, p*p*C]
         return unpatchify(x, grid, self.patch_size)
-
-    def memory_estimate(self, height: int, width: int, past_frames: int, batch: int = 2,
-                        dtype: Optional[torch.dtype] = None, history_window: Optional[int] = None) -> int:
-        """Peak activation bytes of this DiT's largest call of unit ``past_frames`` (its last pyramid stage) at
-        height x width pixels; ``dtype``: the compute dtype, by default the weights' (bf16 for fp8 weights). See
-        :func:`pyramid_flow.memory.dit_activation_bytes`."""
-        from ..memory import DiTShape, dit_activation_bytes  # it imports the sampler, which imports the text stack
-
-        dtype = dtype or compute_dtype(self.proj_out.weight.dtype)
-        return dit_activation_bytes(DiTShape.of_model(self), height, width, past_frames, batch, dtype, history_window)
 
 
 DIT_CLASSES: Dict[str, Type[PyramidDiT]] = {}

@@ -23,12 +23,10 @@ from torch.distributed._tools.mem_tracker import MemTracker
 
 from ..dit import DIT_CLASSES, base
 from ..dit.sequence import JointMask, frame_ids, joint_attention_mask, with_text_positions
-from ..latents import LATENT_CHANNELS, SPATIAL_SCALE
-from ..sampler import history_clips, window_frames
+from ..history import history_clips, window_frames
+from ..latents import LATENT_CHANNELS, PYRAMID_STAGES, SPATIAL_SCALE
 from ..text.embeddings import TEXT_TOKENS
 from ..vae import CausalVideoVAE
-
-STAGES = 3
 
 
 class PeakTracker(MemTracker):
@@ -53,7 +51,7 @@ def dit_clip_shapes(height: int, width: int, past_frames: int, batch: int,
     frame), with the CFG-doubled ``batch``."""
     h, w = height // SPATIAL_SCALE, width // SPATIAL_SCALE
     history = len(window_frames(past_frames, history_window))
-    clips = history_clips(torch.zeros(1, LATENT_CHANNELS, history, h, w), STAGES)[-1] if history else []
+    clips = history_clips(torch.zeros(1, LATENT_CHANNELS, history, h, w), PYRAMID_STAGES)[-1] if history else []
     return [(batch, *clip.shape[1:]) for clip in clips] + [(batch, LATENT_CHANNELS, 1, h, w)]
 
 

@@ -258,7 +258,7 @@ class CausalVideoVAE(nn.Module):
 
         The pieces, concatenated, equal ``decode(latent, temporal_chunk=True, window_size=...,
         tile_sample_min_size=..., tile_overlap=...)``; memory holds one chunk of frames plus every tile's causal
-        cache (:meth:`stream_cache_memory`), so a video of any length can be written out as it decodes.
+        cache (:func:`pyramid_flow.memory.stream_cache_memory`), so a video of any length can be written out as it decodes.
         ``cache_device``: park each tile's cache there (e.g. the CPU) between its chunks, when the caches of all
         tiles do not fit beside the decode; it costs a copy of the cache each way per chunk.
         """
@@ -274,37 +274,6 @@ class CausalVideoVAE(nn.Module):
             for i, j, pieces in streams:
                 assembler.add(i, j, next(pieces))
             yield assembler.output
-
-    # --- memory ------------------------------------------------------------------------------------------------
-
-    def decode_memory(self, latent_shape: Sequence[int], window_size: int = 1,
-                      tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25,
-                      output_on_device: bool = True) -> int:
-        """Peak bytes beyond the weights of ``decode(latent, temporal_chunk=True, ...)`` for a latent of
-        ``latent_shape`` [B, 16, T, h, w], in this VAE's dtype; ``output_on_device=False`` when the video is
-        assembled on another device (``output_device``). See :func:`pyramid_flow.memory.vae_decode_bytes`."""
-        from ..memory import VaeShape, vae_decode_bytes  # memory imports vae.tiling, and so this package
-
-        return vae_decode_bytes(VaeShape.of_model(self), latent_shape, window_size, tile_sample_min_size,
-                                tile_overlap, self.decoder.conv_in.conv.weight.dtype, output_on_device)
-
-    def stream_cache_memory(self, latent_shape: Sequence[int], window_size: int = 1,
-                            tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25) -> int:
-        """Bytes of the causal caches that :meth:`iter_decode` keeps for all tiles together."""
-        from ..memory import VaeShape, vae_stream_cache_bytes
-
-        return vae_stream_cache_bytes(VaeShape.of_model(self), latent_shape, window_size, tile_sample_min_size,
-                                      tile_overlap, self.decoder.conv_in.conv.weight.dtype)
-
-    def encode_memory(self, video_shape: Sequence[int], window_size: int = 2,
-                      tile_sample_min_size: Optional[int] = 256, tile_overlap: float = 0.25) -> int:
-        """Peak bytes beyond the weights of ``encode(video, temporal_chunk=True, ...)`` for a video of
-        ``video_shape`` [B, 3, F, H, W] (the video included), in this VAE's dtype. See
-        :func:`pyramid_flow.memory.vae_encode_bytes`."""
-        from ..memory import VaeShape, vae_encode_bytes
-
-        return vae_encode_bytes(VaeShape.of_model(self), video_shape, window_size, tile_sample_min_size,
-                                tile_overlap, self.encoder.conv_in.conv.weight.dtype)
 
     def _decode_plan(self, latent, temporal_chunk, window_size, tile_sample_min_size, tile_overlap):
         if latent.dim() != 5 or latent.shape[1] != self.latent_channels:

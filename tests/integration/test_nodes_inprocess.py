@@ -172,7 +172,9 @@ def test_sampler_loads_only_through_load_models_gpu(comfy_env, monkeypatch):
     latent, frames = _sample(comfy_env, dit)
     assert frames == 9 and latent["samples"].shape == (1, 16, 2, 16, 16)
     # the memory model's estimate for the last unit (CFG batch 2, fp32 compute), not a guess
-    expected = dit.model.diffusion_model.memory_estimate(TINY["height"], TINY["width"], 1, 2, torch.float32)
+    from pyramid_flow_pack.pyramid_flow.memory import dit_memory
+
+    expected = dit_memory(dit.model.diffusion_model, TINY["height"], TINY["width"], 1, 2, torch.float32)
     assert any(dit in models and memory == expected for models, memory in calls), calls
 
 
