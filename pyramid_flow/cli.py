@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a video: an mp4 (encoded with the VAE) or a .safetensors written by --save-latent "
                         "(exact); --duration then counts the seconds to add")
     p.add_argument("--model", help="official checkpoint folder (rain1011/pyramid-flow-* layout)")
+    p.add_argument("--dit", metavar="FILE_OR_FOLDER",
+                   help="DiT weights that replace the model folder's (a fine-tune: a checkpoint-N folder or a file of "
+                        "the official training scripts); the model folder's config.json describes the architecture")
+    p.add_argument("--vae", metavar="FILE", help="VAE weights that replace the model folder's (e.g. a "
+                                                 "train_video_vae.py checkpoint)")
+    p.add_argument("--ema", action="store_true", help="load the EMA weights of a --dit training checkpoint folder")
     p.add_argument("--variant", choices=("miniflux", "sd3"), default="miniflux", help="which repository to download")
     p.add_argument("--download", action="store_true", help="download the model from Hugging Face when missing")
     p.add_argument("--tiny", action="store_true", help="use the built-in tiny random-weight model (noise output)")
@@ -125,7 +131,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     dtype = COMPUTE_DTYPES[args.dtype] if args.dtype else None
     offload = False if args.no_offload else None  # None: on for CUDA
     pipe = PyramidFlowPipeline.from_pretrained(folder, dit_folder=PRESETS[args.resolution][2], device=torch.device(args.device),
-                                               dtype=dtype, offload=offload, compile_options={} if args.compile else None)
+                                               dtype=dtype, offload=offload, compile_options={} if args.compile else None,
+                                               dit_path=args.dit, vae_path=args.vae, ema=args.ema)
     schedule = read_schedule(args.prompt_schedule)
     common = dict(negative_prompt=args.negative, noise=args.noise, callback=ProgressBar("sampling").step,
                   history_window=args.history_window, prompt_schedule=schedule)

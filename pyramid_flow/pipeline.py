@@ -16,7 +16,7 @@ from .dit.compile import compiled_blocks
 from .image import ImageLike, image_to_vae_input, resize_to, to_pil
 from .loading.detect import checkpoint_kind
 from .loading.hub import DIT_FOLDERS, VAE_FOLDER
-from .loading.state_dict import CheckpointError
+from .loading.state_dict import CheckpointError, read_json
 from .memory import stream_cache_memory
 from .noise import NoiseSource, make_noise
 from .sampler import Conditioning, PyramidSampler, StepCallback
@@ -100,23 +100,32 @@ class PyramidFlowPipeline:
         load_text_encoder: bool = True,
         offload: Optional[bool] = None,
         compile_options: Optional[Mapping] = None,
+        dit_path: Optional[str] = None,
+        vae_path: Optional[str] = None,
+        ema: bool = False,
     ) -> "PyramidFlowPipeline":
         """Load an official Hugging Face folder (``rain1011/pyramid-flow-miniflux`` or ``-sd3`` layout).
 
         ``offload`` defaults to on for CUDA (T5-XXL, DiT and VAE together exceed a 24 GB card at 768p).
+        ``dit_path`` / ``vae_path`` replace that component of ``root`` with other weights (a fine-tune: a
+        ``checkpoint-N`` folder or a file of the official training scripts, see :func:`~pyramid_flow.dit.load_dit`);
+        the config.json of ``root``'s component still describes the architecture. ``ema``: the DiT's EMA weights.
         """
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         offload = device.type == "cuda" if offload is None else offload
         load_device = torch.device("cpu") if offload else device
-        dit_path = find_dit_folder(root, dit_folder)
-        dit, info = load_dit(dit_path, dtype=dtype, device=load_device)
+        dit_folder_path = find_dit_folder(root, dit_folder)
+        dit, info = load_dit(dit_path or dit_folder_path, dtype=dtype, device=load_device, ema=ema,
+                             config=read_json(os.path.join(dit_folder_path, "config.json")))
         variant = get_variant(info.variant)
-        vae = load_vae(os.path.join(root, VAE_FOLDER), dtype=dtype, device=load_device)
+        vae_folder = os.path.join(root, VAE_FOLDER)
+        vae = load_vae(vae_path or vae_folder, dtype=dtype, device=load_device,
+                       config=read_json(os.path.join(vae_folder, "config.json")))
         text_encoder = (
             PyramidTextEncoder.from_pretrained(root, variant.name, dtype=dtype, device=load_device) if load_text_encoder else None
         )
-        return cls(dit, vae, text_encoder, variant, checkpoint_kind(dit_path), device, dtype, offload=offload,
+        return cls(dit, vae, text_encoder, variant, checkpoint_kind(dit_folder_path), device, dtype, offload=offload,
                    compile_options=compile_options)
 
     # --- text --------------------------------------------------------------------------------------------------

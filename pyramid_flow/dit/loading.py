@@ -14,10 +14,13 @@ import torch
 
 from ..dtypes import check_model_dtype, compute_dtype, is_fp8
 from ..loading.detect import describe, dit_variant_name, identify_checkpoint
-from ..loading.state_dict import CheckpointError, Reader, StateDict, WeightSource, assign_weights, read_json, stream_tensors
+from ..loading.state_dict import (CheckpointError, KeyLayout, Reader, StateDict, WeightSource, assign_weights,
+                                  ema_weight_file, read_json, stream_tensors)
 from .base import DIT_CLASSES, PyramidDiT
 
-KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+# ComfyUI-style single files; the official training scripts' flat dict beside the VAE and the text encoders.
+KEY_LAYOUT = KeyLayout(prefixes=("model.diffusion_model.", "diffusion_model.", "dit."),
+                       others=("vae.", "text_encoder"))
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ def dit_skeleton(variant: str, config: Mapping, dtype: torch.dtype = torch.float
 
 
 def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu", operations=None,
-             reader: Optional[Reader] = None) -> Tuple[PyramidDiT, DiTInfo]:
+             reader: Optional[Reader] = None, config: Optional[Mapping] = None,
+             ema: bool = False) -> Tuple[PyramidDiT, DiTInfo]:
     """Load a Pyramid Flow DiT.
 
     path: an official component folder (config.json + diffusion_pytorch_model.safetensors / .bin / sharded
@@ -95,13 +99,21 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu", operat
     The variant and config are read before any tensor (keys, shapes and config.json only); the model is built
     on ``meta`` and the file's tensors are streamed into it one by one, so peak memory is the loaded model plus
     one tensor. ``reader`` opens a weight file as a mapping of tensors (e.g. ComfyUI's memory-mapped loader).
+
+    Checkpoints of the official training scripts load too: an accelerate ``checkpoint-N/`` folder (its
+    ``model.safetensors`` or ``pytorch_model.bin``, FSDP wrapper names removed; ``ema=True`` reads
+    ``pytorch_model_ema.bin`` beside it) and the flat dict whose DiT keys start with ``dit.`` (the VAE and text
+    encoder keys beside them are skipped). ``config`` (config.json keys) describes the architecture when the
+    path has no config.json of its own, e.g. the model folder's for a fine-tune; else it is read from the shapes.
     """
     check_dtype(dtype, operations)
-    source = WeightSource(path, reader, KEY_PREFIXES)
+    if ema:
+        path = ema_weight_file(path)
+    source = WeightSource(path, reader, KEY_LAYOUT)
     variant = identify_dit(source.keys(), path)
     dit_class = DIT_CLASSES[variant]
-    config = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
-    config = dict(config or infer_config(variant, source.shapes(), path), **dit_class.loader_overrides)
+    own = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
+    config = dict(own or config or infer_config(variant, source.shapes(), path), **dit_class.loader_overrides)
     model = dit_skeleton(variant, config, compute_dtype(dtype), operations)
     stored = Counter()
 

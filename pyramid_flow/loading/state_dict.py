@@ -5,9 +5,11 @@ so a loader can identify a checkpoint and read its config before any heavy work,
 model built on the ``meta`` device: peak memory is the loaded model plus one tensor of the file, never two copies.
 """
 
+import argparse
 import json
 import os
-from typing import Callable, Dict, Iterable, List, Mapping, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -62,6 +64,21 @@ def find_weight_file(folder: str) -> str:
         f"No weights found in '{folder}': expected one of {', '.join(WEIGHT_FILE_NAMES)}. "
         "Download the complete folder from the Hugging Face repository."
     )
+
+
+EMA_WEIGHT_FILE = "pytorch_model_ema.bin"  # beside an accelerate checkpoint's weights when training kept an EMA
+
+
+def ema_weight_file(path: str) -> str:
+    """The EMA weights of a training checkpoint folder (``checkpoint-N/``), or of the folder of a weight file."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    file = os.path.join(folder, EMA_WEIGHT_FILE)
+    if not os.path.isfile(file):
+        present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        raise CheckpointError(
+            f"EMA weights were asked for, but '{folder}' has no {EMA_WEIGHT_FILE} (found: {', '.join(present) or 'nothing'}). "
+            "The training script writes it only when it ran with EMA: load without EMA to use the trained weights.")
+    return file
 
 
 def weight_files(path: str) -> List[str]:
@@ -120,14 +137,72 @@ class _MappingFile:
         return self.tensors[key]
 
 
+TRAINING_STATE_KEY = "model"  # train_video_vae.py saves {"model": weights, "optimizer": ..., "args": ...}
+
+
+def _is_tensor_dict(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(t, torch.Tensor) for t in value.values())
+
+
 def _open_bin(path: str) -> _MappingFile:
     try:
-        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # The training scripts store their argparse.Namespace beside the weights: plain data, allowed by name.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises many types for a bad or unsafe pickle
         raise unsafe_pickle_error(path, err) from err
-    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
-        raise CheckpointError(f"'{path}' holds a {type(tensors).__name__}, not a dict of tensors.")
+    if isinstance(tensors, dict) and _is_tensor_dict(tensors.get(TRAINING_STATE_KEY)):
+        return _MappingFile(tensors[TRAINING_STATE_KEY])  # optimizer, scaler and args are not weights
+    if not _is_tensor_dict(tensors):
+        found = f"a dict with keys {sorted(map(str, tensors))[:8]}" if isinstance(tensors, dict) else (
+            f"a {type(tensors).__name__}")
+        raise CheckpointError(f"'{path}' holds {found}, not a dict of tensors (nor a training checkpoint with the "
+                              f"weights under '{TRAINING_STATE_KEY}').")
     return _MappingFile(tensors)
+
+
+# Module wrappers whose names FSDP and activation checkpointing insert into every key they wrap.
+WRAPPER_FRAGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """How the keys of one component (the DiT, the VAE) may be wrapped in a file.
+
+    ``prefixes``: a prefix the component's keys may carry, removed on reading (``model.diffusion_model.``,
+    ``dit.``, ``vae.``, ...). ``others``: prefixes of other components stored beside it in the same file (the
+    training scripts save the VAE with its loss and discriminator, the DiT beside the VAE and text encoders);
+    their keys are skipped, but only when every key outside the prefix is one of them.
+    """
+
+    prefixes: Tuple[str, ...] = ()
+    others: Tuple[str, ...] = ()
+
+    def select(self, keys: Iterable[str], path: str) -> Dict[str, str]:
+        """The component's keys as the model names them -> the keys in the file ``path``."""
+        unwrapped = {unwrap(key): key for key in keys}
+        for prefix in self.prefixes:
+            mine = [key for key in unwrapped if key.startswith(prefix)]
+            if not mine or len(mine) == len(unwrapped):
+                if mine:
+                    return {key[len(prefix):]: unwrapped[key] for key in mine}
+                continue
+            stray = [key for key in unwrapped if not key.startswith((prefix,) + self.others)]
+            if stray:
+                raise CheckpointError(
+                    f"'{path}' holds {len(mine)} keys under '{prefix}' beside {len(stray)} keys of something else "
+                    f"(e.g. '{stray[0]}'). Expected that component alone"
+                    + (f", or with only {', '.join(repr(o) for o in self.others)} keys beside it (the official "
+                       "training scripts' layout)" if self.others else "") + ".")
+            return {key[len(prefix):]: unwrapped[key] for key in mine}
+        return unwrapped
+
+
+def unwrap(key: str) -> str:
+    """A key without the FSDP / activation-checkpointing wrapper fragments."""
+    for fragment in WRAPPER_FRAGMENTS:
+        key = key.replace(fragment, "")
+    return key
 
 
 class WeightSource:
@@ -135,17 +210,18 @@ class WeightSource:
 
     ``reader`` (optional) opens one safetensors file as a mapping of tensors, e.g. ComfyUI's memory-mapped
     ``comfy.utils.load_torch_file``; by default safetensors are read through their header (tensors on request).
-    ``.bin`` files are always memory-mapped with ``weights_only``. A common wrapper prefix is removed from the keys.
+    ``.bin`` files are always memory-mapped with ``weights_only``. Keys are read through ``layout``: wrapper
+    fragments and a component prefix removed, other components' keys skipped.
     """
 
-    def __init__(self, path: str, reader: Optional[Reader] = None, prefixes: Iterable[str] = ()):
+    def __init__(self, path: str, reader: Optional[Reader] = None, layout: KeyLayout = KeyLayout()):
         self.path = path
         self._owner: Dict[str, object] = {}
         for file in weight_files(path):
             opened = self._open(file, reader)
             for key in opened.keys():
                 self._owner[key] = opened
-        self.prefix = common_prefix(self._owner, prefixes)
+        self._file_key = layout.select(self._owner, path)
 
     @staticmethod
     def _open(file: str, reader: Optional[Reader]):
@@ -159,29 +235,20 @@ class WeightSource:
             raise _truncated(file, err) from err
 
     def keys(self) -> List[str]:
-        """The keys without the wrapper prefix."""
-        return [key[len(self.prefix):] for key in self._owner]
+        """The component's keys as the model names them."""
+        return list(self._file_key)
 
     def shapes(self) -> Dict[str, torch.Tensor]:
         """Every key with an empty ``meta`` tensor of its shape (for config inference; reads no data)."""
-        return {key[len(self.prefix):]: torch.empty(owner.shape(key), device="meta") for key, owner in self._owner.items()}
+        return {key: torch.empty(self._owner[raw].shape(raw), device="meta") for key, raw in self._file_key.items()}
 
     def tensor(self, key: str) -> torch.Tensor:
-        full = self.prefix + key
-        return self._owner[full].tensor(full)
+        raw = self._file_key[key]
+        return self._owner[raw].tensor(raw)
 
     def state_dict(self) -> StateDict:
         """Every tensor at once (for tools and tests; loaders stream with :meth:`tensor`)."""
         return {key: self.tensor(key) for key in self.keys()}
-
-
-def common_prefix(keys: Iterable[str], prefixes: Iterable[str]) -> str:
-    """The first of ``prefixes`` (``model.``, ``diffusion_model.``, ``vae.``) that every key carries, else ''."""
-    keys = list(keys)
-    for prefix in prefixes:
-        if keys and all(key.startswith(prefix) for key in keys):
-            return prefix
-    return ""
 
 
 def load_state_dict(path: str) -> StateDict:

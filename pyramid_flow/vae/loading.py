@@ -6,16 +6,18 @@ materialised twice.
 """
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
 from ..dtypes import check_model_dtype
 from ..loading.detect import describe, dit_variant_name, identify_checkpoint
-from ..loading.state_dict import CheckpointError, Reader, StateDict, WeightSource, assign_weights, read_json, stream_tensors
+from ..loading.state_dict import (CheckpointError, KeyLayout, Reader, StateDict, WeightSource, assign_weights, read_json,
+                                  stream_tensors)
 from .model import CausalVideoVAE
 
-KEY_PREFIXES = ("vae.", "first_stage_model.")
+# Single files under a wrapper; train_video_vae.py's model, which holds the VAE beside its loss (LPIPS, discriminator).
+KEY_LAYOUT = KeyLayout(prefixes=("vae.", "first_stage_model."), others=("loss.", "discriminator."))
 OFFICIAL_NORM_GROUPS = 32  # norm_num_groups of the official causal_video_vae/config.json; weights do not tell it
 
 
@@ -80,21 +82,22 @@ def check_vae_keys(keys, path: str) -> None:
 
 
 def load_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu", operations=None,
-             reader: Optional[Reader] = None) -> CausalVideoVAE:
+             reader: Optional[Reader] = None, config: Optional[Mapping] = None) -> CausalVideoVAE:
     """Load the causal video VAE in eval mode, weights cast to ``dtype`` (bf16 or fp32) on ``device``.
 
     path: an official ``causal_video_vae`` folder (config.json + safetensors or .bin) or a single safetensors
-    file with the official key names (optionally under ``vae.``); without config.json the official config is
-    used with the sizes read from the tensor shapes. GroupNorm weights are rounded to ``dtype`` and kept in
+    file with the official key names (optionally under ``vae.``), or a checkpoint of ``train_video_vae.py``
+    (``{"model": {"vae.…": …}}``, its loss and discriminator keys skipped). Without a config.json of its own,
+    ``config`` (e.g. the model folder's) or else the official config with the sizes read from the tensor shapes. GroupNorm weights are rounded to ``dtype`` and kept in
     float32, where the norms compute (the official bf16 autocast does the same). Keys and config are checked
     before any tensor is read; tensors are streamed into the model one by one (``reader``: see
     :class:`~pyramid_flow.loading.state_dict.WeightSource`).
     """
     check_model_dtype(dtype, "the Pyramid Flow VAE")
-    source = WeightSource(path, reader, KEY_PREFIXES)
+    source = WeightSource(path, reader, KEY_LAYOUT)
     check_vae_keys(source.keys(), path)
-    config = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
-    config = config or infer_config(source.shapes(), path)
+    own = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
+    config = own or config or infer_config(source.shapes(), path)
     model = CausalVideoVAE(**config, dtype=dtype, device="meta", operations=operations)
     storage = {key: tensor.dtype for key, tensor in model.state_dict().items()}
 
