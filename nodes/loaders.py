@@ -46,21 +46,26 @@ class PyramidFlowVideoModelLoader(PyramidFlowNode):
             inputs=[
                 io.Combo.Input("model", options=models.dit_choices(), tooltip=(
                     "A diffusion_transformer_384p/768p/image folder under models/pyramidflow/<repo>/ (official "
-                    "Hugging Face layout) or a single-file DiT in models/diffusion_models/. SD3 or miniFLUX is "
-                    "detected from the weights.")),
+                    "Hugging Face layout), a fine-tune of the official training script (a checkpoint-N folder under "
+                    "models/pyramidflow/, or its weight file) or a single-file DiT in models/diffusion_models/. SD3 "
+                    "or miniFLUX is detected from the weights.")),
                 io.Combo.Input("weight_dtype", options=["bf16", "fp32", *FP8_CHOICES], default="bf16", tooltip=(
                     "Storage dtype of the weights. bf16 is what the model was trained in; fp32 is for GPUs without "
                     "bf16 (2x memory); fp8 halves the DiT's memory (computed in bf16) at a visible quality cost; "
                     "fp8_e4m3fn_fast also multiplies in fp8 on GPUs that can (RTX 40xx, H100), faster, lower quality. "
                     "fp16 is not offered: it produces black or NaN videos.")),
                 _download_input(),
+                io.Boolean.Input("use_ema", default=False, optional=True, tooltip=(
+                    "For a training checkpoint-N folder: load its EMA weights (pytorch_model_ema.bin, written when "
+                    "training ran with EMA) instead of the trained weights.")),
             ],
             outputs=[ModelSocket.Output(display_name="model", tooltip=(
                 "The Pyramid Flow DiT, managed by ComfyUI (offloaded and partially loaded as VRAM requires)."))],
         )
 
     @classmethod
-    def process(cls, model: str, weight_dtype: str, download_if_missing: bool = False) -> io.NodeOutput:
+    def process(cls, model: str, weight_dtype: str, download_if_missing: bool = False,
+                use_ema: bool = False) -> io.NodeOutput:
         path = models.resolve(model, "diffusion_models", download_if_missing, "DiT", "dit")
         fp8_matmul = weight_dtype.endswith(FAST_SUFFIX)
         weight = WEIGHT_DTYPES.get(weight_dtype.removesuffix(FAST_SUFFIX))
@@ -73,7 +78,7 @@ class PyramidFlowVideoModelLoader(PyramidFlowNode):
         operations = models.dit_operations(weight, compute, load_device, fp8_matmul)
         try:
             dit, info = load_dit(path, dtype=weight, device=offload, operations=operations,
-                                reader=models.read_weights)
+                                reader=models.read_weights, ema=use_ema)
         except (CheckpointError, KeyError) as err:
             raise _not_a("DiT", model, err, "Pick a diffusion_transformer_* folder or a Pyramid Flow DiT "
                          ".safetensors file (not a VAE, text encoder or another model's checkpoint).") from err

@@ -69,8 +69,20 @@ def _with_downloadable(entries: List[str], downloadable: List[str]) -> List[str]
     return entries + [name for name in downloadable if name not in entries]
 
 
+TRAINING_FOLDER_PREFIX = "checkpoint-"  # accelerate's checkpoint-N folders of the official training script
+
+
+def _training_folders() -> List[str]:
+    """'checkpoint-N' and '<repo>/checkpoint-N' folders with weights under models/pyramidflow/."""
+    found = _repo_entries(lambda name: name.startswith(TRAINING_FOLDER_PREFIX))
+    for root in pyramidflow_roots():
+        found += [name for name in sorted(os.listdir(root))
+                  if name.startswith(TRAINING_FOLDER_PREFIX) and _has_weights(os.path.join(root, name))]
+    return sorted(set(found))
+
+
 def dit_choices() -> List[str]:
-    folders = _repo_entries(lambda name: name.startswith("diffusion_transformer"))
+    folders = _repo_entries(lambda name: name.startswith("diffusion_transformer")) + _training_folders()
     known = [f"{v.repo_folder}/{sub}" for v in VARIANTS.values() for sub in v.dit_folders]
     return _with_downloadable(folders, known) + _files("diffusion_models")
 

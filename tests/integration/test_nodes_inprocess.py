@@ -2,6 +2,7 @@
 management, partial loading."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -467,3 +468,32 @@ def test_comfyui_attention_backends_give_the_same_video(comfy_env, monkeypatch, 
     pf_attention.set_attention_function(None)
     assert calls and (any(calls) if backend == "attention_pytorch" else not any(calls))
     torch.testing.assert_close(latent, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_the_model_loader_lists_and_loads_a_training_checkpoint_folder(comfy_env, base_dir):
+    """A checkpoint-N folder of the official training script (FSDP key names, EMA beside it) under
+    models/pyramidflow/ is offered by the loader and loads the same weights; use_ema picks the EMA ones."""
+    from safetensors.torch import save_file
+
+    from pyramid_flow_pack.nodes.loaders import PyramidFlowVideoModelLoader
+    from pyramid_flow_pack.pyramid_flow.loading.state_dict import load_state_dict
+
+    original = load_state_dict(os.path.join(base_dir, "models", "pyramidflow", "pyramid-flow-miniflux",
+                                            "diffusion_transformer_384p"))
+    ema = {key: tensor * 0.5 for key, tensor in original.items()}
+    folder = os.path.join(base_dir, "models", "pyramidflow", "checkpoint-1200")
+    os.makedirs(folder, exist_ok=True)
+    save_file({"_fsdp_wrapped_module." + key: tensor for key, tensor in original.items()},
+              os.path.join(folder, "model.safetensors"))
+    torch.save(ema, os.path.join(folder, "pytorch_model_ema.bin"))
+
+    try:  # the base folder is the session's: other tests see its model lists
+        schema = PyramidFlowVideoModelLoader.define_schema()
+        assert "checkpoint-1200" in next(i for i in schema.inputs if i.id == "model").options
+        for use_ema, expected in ((False, original), (True, ema)):
+            dit = PyramidFlowVideoModelLoader.execute(model="checkpoint-1200", weight_dtype="fp32",
+                                                      use_ema=use_ema)[0]
+            state = dit.model.diffusion_model.state_dict()
+            assert all(torch.equal(state[key], tensor) for key, tensor in expected.items())
+    finally:
+        shutil.rmtree(folder)
