@@ -1,4 +1,6 @@
-"""Access to the golden data produced by the official code (``PYRAMID_FLOW_GOLDEN``, default ``../shared/golden``).
+"""Access to the golden data produced by the official code: ``PYRAMID_FLOW_GOLDEN`` when set, else
+``../shared/golden`` when it is beside the clone, else the copy in ``tests/parity/`` (scripts/vendor_golden.py), so
+parity runs from any clone.
 
 Everything a parity test needs comes from ``manifest.json``: case files, call arguments, shapes and the
 checkpoint folder of each variant. Nothing about the public set's particular sizes is assumed.
@@ -17,21 +19,23 @@ from pyramid_flow.noise import ReplayNoise
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE_KINDS = {"prepare_latents": "latents", "posterior_sample": "posterior", "block_noise": "block_noise"}
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SHARED_GOLDEN = os.path.join(REPO_ROOT, "..", "shared", "golden")
+VENDORED_GOLDEN = os.path.join(REPO_ROOT, "tests", "parity")
 
 
 def golden_root() -> str:
-    return os.path.abspath(os.environ.get("PYRAMID_FLOW_GOLDEN", os.path.join(REPO_ROOT, "..", "shared", "golden")))
+    chosen = os.environ.get("PYRAMID_FLOW_GOLDEN")
+    if not chosen:
+        chosen = SHARED_GOLDEN if os.path.isfile(os.path.join(SHARED_GOLDEN, "manifest.json")) else VENDORED_GOLDEN
+    return os.path.abspath(chosen)
 
 
 @lru_cache(maxsize=None)
 def manifest() -> dict:
     path = os.path.join(golden_root(), "manifest.json")
-    if not os.path.isfile(path):
-        message = f"golden data not found at {path} (set PYRAMID_FLOW_GOLDEN)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    if not os.path.isfile(path):  # a missing set is a failure, never a skip: the parity tests would hide it
+        pytest.fail(f"golden data not found at {path}: PYRAMID_FLOW_GOLDEN names a folder without manifest.json, "
+                    "or tests/parity is missing from this clone", pytrace=False)
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
