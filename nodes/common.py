@@ -1,5 +1,4 @@
-"""Node logic that needs no ComfyUI: input checks, durations, T5 token windows, IMAGE <-> video tensors, OOM retry
-settings.
+"""Node logic that needs no ComfyUI: input checks, durations, T5 token windows, VAE output -> IMAGE.
 
 Everything here is plain torch/Python so the fast test lane can check it without a ComfyUI install.
 """
@@ -10,7 +9,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..pyramid_flow import latents as latent_utils
-from ..pyramid_flow.image import image_to_vae_input, resize_to
 from ..pyramid_flow.text.embeddings import TEXT_TOKENS
 
 MAX_SIZE = 4096
@@ -35,15 +33,13 @@ def describe_duration(seconds: float) -> str:
 
 def check_size(width: int, height: int, source: Optional[str] = None) -> None:
     """Raise the clear size error of the library; ``source`` names where the size came from when it is not the
-    node's own width/height widgets (e.g. an image latent)."""
+    node's own width/height widgets (e.g. an image latent), and the message then points at the node that resizes."""
     try:
-        latent_utils.check_resolution(width, height)
+        latent_utils.check_resolution(width, height, source)
     except ValueError as err:
         if source is None:
             raise
-        raise ValueError(f"The size {width}x{height} comes from {source}: {err} Resize the image to a multiple of 64 "
-                         "before encoding it (Pyramid Flow Image To Video does), or use the Pyramid Flow Image To Video "
-                         "node instead.") from err
+        raise ValueError(f"{err} Pyramid Flow Image To Video resizes an image to the video size.") from err
 
 
 def t5_window(token_ids: Sequence[int], length: int = TEXT_TOKENS) -> Tuple[List[int], int]:
@@ -81,16 +77,6 @@ def video_to_image(video: torch.Tensor) -> torch.Tensor:
     return video.add_(1.0).div_(2.0).clamp_(0.0, 1.0).permute(0, 2, 3, 4, 1).flatten(0, 1)
 
 
-def image_to_video(image: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE [F, H, W, C] in [0, 1] -> VAE input [1, 3, F, H, W] in [-1, 1] (alpha dropped)."""
-    return image[..., :3].float().permute(3, 0, 1, 2).unsqueeze(0) * 2.0 - 1.0
-
-
-def encodable_frames(num_frames: int) -> int:
-    """The causal VAE encodes 1 + 8k frames: the largest such count <= num_frames."""
-    return latent_utils.frames_for_temp(latent_utils.temp_for_frames(num_frames))
-
-
 def check_image(image: torch.Tensor, name: str = "image") -> None:
     """A clear error for an IMAGE input ``name`` that cannot be used (wrong layout, empty, tiny, NaN)."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in (1, 3, 4):
@@ -102,33 +88,3 @@ def check_image(image: torch.Tensor, name: str = "image") -> None:
         raise ValueError(f"The input '{name}' is {image.shape[2]}x{image.shape[1]} pixels; it needs at least 8x8.")
     if not torch.isfinite(image).all():
         raise ValueError(f"The input '{name}' contains NaN or infinite values.")
-
-
-def first_frame_input(image: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
-    """IMAGE [1, H, W, C] -> VAE input [1, 3, 1, height, width] in [-1, 1], aspect preserved ('crop' fills and
-    centre-crops, 'pad' letterboxes), through the official app's PIL LANCZOS resize and uint8 -> [-1, 1] conversion
-    (pyramid_flow.image)."""
-    if image.shape[-1] == 1:
-        image = image.expand(*image.shape[:-1], 3)
-    return image_to_vae_input(resize_to(image[0, ..., :3].cpu(), width, height, mode=mode))
-
-
-def centre_crop(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """IMAGE frames [F, H, W, C] cut to [F, height, width, C] around their centre (no resampling)."""
-    top, left = (images.shape[1] - height) // 2, (images.shape[2] - width) // 2
-    return images[:, top : top + height, left : left + width]
-
-
-MIN_TILE = 64
-
-
-def smaller_settings(tile: int, window: int) -> Optional[Tuple[int, int]]:
-    """VAE settings to retry with after out-of-memory: temporal window 1 first, then halve the tile (0 = untiled
-    starts at 512) down to 64; None when nothing smaller is left."""
-    if window > 1:
-        return tile, 1
-    if not tile:
-        return 512, 1
-    if tile > MIN_TILE:
-        return max(MIN_TILE, tile // 2), 1
-    return None

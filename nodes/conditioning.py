@@ -9,7 +9,7 @@ Either way the result is T5 hidden states cut/padded to 128 tokens with their ma
 (miniFLUX: CLIP-L un-projected 768; SD3: CLIP-L and CLIP-G projected, 2048).
 """
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 
@@ -18,15 +18,14 @@ from comfy_api.v0_0_2 import io
 
 from ..pyramid_flow.image import RESIZE_MODES
 from ..pyramid_flow.latents import RESOLUTION_MULTIPLE
-from ..pyramid_flow.text import (DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, PromptSchedule, TextEmbeddings,
-                                 effective_prompts, parse_prompt_schedule)
+from ..pyramid_flow.orchestration import encode_first_frame, encode_prompts
+from ..pyramid_flow.text import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, TextEmbeddings
 from ..pyramid_flow.text.embeddings import TEXT_TOKENS
 from ..pyramid_flow.variants import VARIANTS, Variant, get_variant
-from ..pyramid_flow.vae import ENCODE_TILE
+from . import runtime
 from .base import PyramidFlowNode
-from .common import MAX_SIZE, T5_EOS, check_image, check_size, first_frame_input, pad_embeddings, t5_window
-from .latent import encode_with_retry
-from .types import MOMENTS_KEY, START_SECONDS_KEY, VARIANT_KEY, TextEncoderSocket, VAESocket
+from .common import MAX_SIZE, T5_EOS, check_image, check_size, pad_embeddings, t5_window
+from .types import MOMENTS_KEY, START_SECONDS_KEY, TextEncoderSocket, VAESocket
 
 CATEGORY = "PyramidFlow/conditioning"
 
@@ -79,72 +78,19 @@ def encode_with_clip(clip, text: str) -> TextEmbeddings:
     return TextEmbeddings(prompt_embeds=prompt_embeds, attention_mask=mask, pooled=torch.cat(pooled, dim=-1).float())
 
 
-def encode_with_text_encoder(patcher, text: str) -> TextEmbeddings:
-    """Encode with the official transformers encoders, loaded fully through load_models_gpu (they are not comfy.ops
-    modules, so they cannot be partially loaded)."""
-    mm.load_models_gpu([patcher], force_full_load=True)
-    with torch.no_grad():
-        return patcher.model.encoder.encode([text])
-
-
-def encode_texts(texts: List[str], clip, text_encoder) -> Tuple[Variant, List[TextEmbeddings]]:
-    """Each text through exactly one of the two encoder sources."""
+def text_encoder_for(clip, text_encoder) -> Tuple[Variant, Callable[[List[str]], TextEmbeddings]]:
+    """The variant and an encode(texts) -> embeddings batch of exactly one of the two encoder sources."""
     if (clip is None) == (text_encoder is None):
         raise ValueError("Connect exactly one text encoder: a CLIP (DualCLIPLoader flux / TripleCLIPLoader) or a "
                          "Pyramid Flow Text Encoder Loader output.")
     if clip is not None:
-        return clip_variant(clip), [encode_with_clip(clip, text) for text in texts]
-    return get_variant(text_encoder.model.variant_name), [encode_with_text_encoder(text_encoder, t) for t in texts]
+        return clip_variant(clip), lambda texts: TextEmbeddings.cat([encode_with_clip(clip, t) for t in texts])
 
+    def encode(texts: List[str]) -> TextEmbeddings:
+        with runtime.text_encoder_placement(text_encoder).loaded() as encoder, torch.no_grad():
+            return encoder.encode(texts)
 
-def to_conditioning(emb: TextEmbeddings, variant: Variant, **extra) -> list:
-    device = mm.intermediate_device()
-    return [[emb.prompt_embeds.to(device, torch.float32), {
-        "pooled_output": emb.pooled.to(device, torch.float32),
-        "attention_mask": emb.attention_mask.to(device),
-        VARIANT_KEY: variant.name,
-        **extra,
-    }]]
-
-
-def _embeddings(entry, what: str) -> TextEmbeddings:
-    cond, extra = entry
-    mask = extra.get("attention_mask")
-    if VARIANT_KEY not in extra or mask is None or cond.shape[1] != TEXT_TOKENS or "pooled_output" not in extra:
-        raise TypeError(
-            f"The {what} conditioning was not made by 'Pyramid Flow Text Encode' (got {tuple(cond.shape)}). "
-            "Core CLIPTextEncode output has no 128-token T5 mask; connect the Pyramid Flow text encode node.")
-    return TextEmbeddings(prompt_embeds=cond, attention_mask=mask.to(torch.int64), pooled=extra["pooled_output"])
-
-
-def conditioning_to_embeddings(conditioning, what: str) -> TextEmbeddings:
-    """CONDITIONING from Pyramid Flow Text Encode -> TextEmbeddings; a clear error for anything else."""
-    if not conditioning:
-        raise ValueError(f"The {what} conditioning is empty.")
-    if len(conditioning) > 1:
-        raise ValueError(f"The {what} conditioning holds {len(conditioning)} prompts; it must be one prompt (a prompt "
-                         "schedule is for 'positive' only).")
-    return _embeddings(conditioning[0], what)
-
-
-def conditioning_to_schedule(conditioning, num_units: int):
-    """The positive CONDITIONING -> one TextEmbeddings, or a PromptSchedule when it holds timed prompts."""
-    from ..pyramid_flow.text import schedule_units
-
-    if not conditioning:
-        raise ValueError("The positive conditioning is empty.")
-    if len(conditioning) == 1:
-        return _embeddings(conditioning[0], "positive")
-    entries = [(entry[1].get(START_SECONDS_KEY), index) for index, entry in enumerate(conditioning)]
-    if any(seconds is None for seconds, _ in entries):
-        raise ValueError("The positive conditioning holds several prompts without times: make a prompt schedule with "
-                         "'Pyramid Flow Prompt Schedule', or connect one prompt.")
-    units = schedule_units(entries, num_units)
-    return PromptSchedule(tuple((unit, _embeddings(conditioning[index], "positive")) for unit, index in units))
-
-
-def conditioning_variant(conditioning) -> Optional[str]:
-    return conditioning[0][1].get(VARIANT_KEY) if conditioning else None
+    return get_variant(text_encoder.model.variant_name), encode
 
 
 def _text_inputs(prompt: io.Input) -> list:
@@ -186,9 +132,9 @@ class PyramidFlowVideoTextEncode(PyramidFlowNode):
     @classmethod
     def process(cls, prompt: str, negative_prompt: str, add_quality_suffix: bool = True, clip=None,
                 text_encoder=None) -> io.NodeOutput:
-        prompts, negatives = effective_prompts(prompt, negative_prompt, add_quality_suffix)
-        variant, (positive, negative) = encode_texts([prompts[0], negatives[0]], clip, text_encoder)
-        return io.NodeOutput(to_conditioning(positive, variant), to_conditioning(negative, variant))
+        variant, encode = text_encoder_for(clip, text_encoder)
+        ((_, positive),), negative = encode_prompts(encode, prompt, negative_prompt, add_suffix=add_quality_suffix)
+        return io.NodeOutput(runtime.to_conditioning(positive, variant), runtime.to_conditioning(negative, variant))
 
 
 class PyramidFlowVideoPromptSchedule(PyramidFlowNode):
@@ -212,16 +158,11 @@ class PyramidFlowVideoPromptSchedule(PyramidFlowNode):
     @classmethod
     def process(cls, schedule: str, negative_prompt: str, add_quality_suffix: bool = True, clip=None,
                 text_encoder=None) -> io.NodeOutput:
-        entries = parse_prompt_schedule(schedule)
-        if entries[0][0] != 0:
-            raise ValueError(f"The schedule starts at {entries[0][0]:g} s: add an entry for 0 s ('0: <prompt>').")
-        texts = list(dict.fromkeys(text for _, text in entries))
-        prompts, negatives = effective_prompts(texts, negative_prompt, add_quality_suffix)
-        variant, embeddings = encode_texts(prompts + negatives[:1], clip, text_encoder)
-        by_text = dict(zip(texts, embeddings))
-        positive = [to_conditioning(by_text[text], variant, **{START_SECONDS_KEY: seconds})[0]
-                    for seconds, text in entries]
-        return io.NodeOutput(positive, to_conditioning(embeddings[-1], variant))
+        variant, encode = text_encoder_for(clip, text_encoder)
+        timed, negative = encode_prompts(encode, None, negative_prompt, schedule, add_quality_suffix)
+        positive = [runtime.to_conditioning(embeddings, variant, **{START_SECONDS_KEY: seconds})[0]
+                    for seconds, embeddings in timed]
+        return io.NodeOutput(positive, runtime.to_conditioning(negative, variant))
 
 
 class PyramidFlowVideoImageToVideo(PyramidFlowNode):
@@ -251,9 +192,9 @@ class PyramidFlowVideoImageToVideo(PyramidFlowNode):
     def process(cls, vae, image: torch.Tensor, width: int, height: int, resize_mode: str) -> io.NodeOutput:
         check_image(image, "image")
         check_size(width, height)
-        video = first_frame_input(image[:1], width, height, resize_mode)
-        moments = encode_with_retry(vae, video, ENCODE_TILE, 1, "Image To Video encode").float()
-        moments = moments.to(mm.intermediate_device())
+        moments = encode_first_frame(runtime.vae_placement(vae), image[0], (width, height), resize_mode,
+                                     runtime.vae_progress())
+        moments = moments.float().to(mm.intermediate_device())
         return io.NodeOutput({"samples": moments[:, : moments.shape[1] // 2].clone(), MOMENTS_KEY: moments})
 
 

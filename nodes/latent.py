@@ -1,113 +1,22 @@
-"""Latent nodes: VAE decode (tiled, temporally chunked) and VAE encode, with their memory estimate, progress,
-interrupt and out-of-memory retry (shared with the image-to-video encode)."""
+"""Latent nodes: VAE decode (tiled, temporally chunked) and VAE encode, through the library's steps (memory
+estimate, out-of-memory retry) with ComfyUI's placement, progress and interrupt."""
 
 import logging
-from typing import Callable, Optional
 
 import torch
 
 import comfy.model_management as mm
-import comfy.utils
 from comfy_api.v0_0_2 import io
 
-from ..pyramid_flow.latents import LATENT_CHANNELS, normalize
-from ..pyramid_flow.memory import decode_memory, encode_memory
-from ..pyramid_flow.variants import get_variant
+from ..pyramid_flow.orchestration import decode_video, encodable_frames, encode_video, frames_to_video
 from ..pyramid_flow.vae import SAVE_MEMORY_DECODE
-from . import models
+from . import runtime
 from .base import PyramidFlowNode
-from .common import check_image, encodable_frames, image_to_video, smaller_settings, video_to_image
-from .types import NORMALIZED_KEY, VAESocket
+from .common import check_image, video_to_image
+from .types import VAESocket
 
 CATEGORY = "PyramidFlow/latent"
 log = logging.getLogger("pyramid_flow")
-
-
-def progress_callback() -> Callable[[int, int], None]:
-    """A VAE callback(done, total) that drives the node's progress bar and checks for an interrupt per piece."""
-    pbar = comfy.utils.ProgressBar(1)
-
-    def callback(done: int, total: int) -> None:
-        pbar.update_absolute(done, total)
-        mm.throw_exception_if_processing_interrupted()
-
-    return callback
-
-
-def run_with_oom_retry(fn: Callable[[int, int], torch.Tensor], tile: int, window: int, what: str) -> torch.Tensor:
-    """Call fn(tile, window); on out-of-memory free the cache and retry with smaller settings. Frees cached memory
-    when it fails or is interrupted."""
-    try:
-        while True:
-            try:
-                return fn(tile, window)
-            except mm.OOM_EXCEPTION:
-                mm.soft_empty_cache(True)
-                smaller = smaller_settings(tile, window)
-                if smaller is None:
-                    raise
-                log.warning("Pyramid Flow %s ran out of memory at tile %s, window %s; retrying with tile %s, window %s",
-                            what, tile, window, *smaller)
-                tile, window = smaller
-    except BaseException:
-        models.free_after_interrupt()
-        raise
-
-
-def encode_with_retry(vae, video: torch.Tensor, tile: int, window: int, what: str, tile_overlap: float = 0.25):
-    """VAE input [1, 3, F, H, W] in [-1, 1] -> moments [1, 32, T, H/8, W/8], loaded through model management, with
-    progress, interrupt and the out-of-memory retry."""
-    dtype, module = vae.model.dtype_, vae.model.vae
-    memory = encode_memory(module, tuple(video.shape), window, tile or None, tile_overlap)
-    mm.load_models_gpu([vae], memory_required=memory)
-    video = video.to(device=vae.load_device, dtype=dtype)
-
-    def encode(tile: int, window: int) -> torch.Tensor:
-        with torch.no_grad():
-            return module.encode(video, temporal_chunk=video.shape[2] > 1, window_size=window,
-                                 tile_sample_min_size=tile or None, tile_overlap=tile_overlap,
-                                 callback=progress_callback())
-
-    return run_with_oom_retry(encode, tile, window, what)
-
-
-def decode_latent(vae, z: torch.Tensor, tile: int, tile_overlap: float, window: int) -> torch.Tensor:
-    """VAE-space latent [B, 16, T, h, w] -> IMAGE [B*F, H, W, 3] on the intermediate device."""
-    dtype, module = vae.model.dtype_, vae.model.vae
-    output_device = mm.intermediate_device()  # the video is assembled there: the VAE's device holds a tile at a time
-    on_device = torch.device(output_device) == torch.device(vae.load_device)
-    memory = decode_memory(module, tuple(z.shape), window, tile or None, tile_overlap, output_on_device=on_device)
-    mm.load_models_gpu([vae], memory_required=memory)
-    z = z.to(device=vae.load_device, dtype=dtype)
-
-    def decode(tile: int, window: int) -> torch.Tensor:
-        with torch.no_grad():
-            return module.decode(z, temporal_chunk=True, window_size=window, tile_sample_min_size=tile or None,
-                                 tile_overlap=tile_overlap, callback=progress_callback(), output_device=output_device)
-
-    return video_to_image(run_with_oom_retry(decode, tile, window, "VAE decode"))
-
-
-def latent_5d(samples: dict, name: str = "samples") -> torch.Tensor:
-    """The VAE-space latent [B, 16, T, h, w] of a LATENT input, with a clear error for other models' latents."""
-    z = samples["samples"]
-    z = z if z.dim() == 5 else z.unsqueeze(2)
-    if z.shape[1] != LATENT_CHANNELS:
-        raise ValueError(f"The input '{name}' has {z.shape[1]} channels; Pyramid Flow latents have {LATENT_CHANNELS} "
-                         "(from the Pyramid Flow Sampler or VAE Encode). Core VAE Decode is for other models' latents.")
-    return z
-
-
-def normalized_latent(samples: dict, variant_name: str, name: str) -> torch.Tensor:
-    """The DiT-space latent of a LATENT: the sampler's own copy when it still matches ``samples`` (exact), else the
-    VAE-space samples normalised (a float32 rounding away from the sampler's numbers)."""
-    z = latent_5d(samples, name)
-    variant = get_variant(variant_name)
-    carried: Optional[torch.Tensor] = samples.get(NORMALIZED_KEY)
-    if carried is not None and carried.shape == z.shape and torch.allclose(
-            normalize(z.float(), variant), carried.float(), rtol=1e-4, atol=1e-4):
-        return carried.float()
-    return normalize(z.float(), variant)
 
 
 def _tile_inputs(default_tile: int, default_window: int, window_tooltip: str) -> list:
@@ -142,7 +51,10 @@ class PyramidFlowVideoVAEDecode(PyramidFlowNode):
 
     @classmethod
     def process(cls, vae, samples: dict, tile_size: int, tile_overlap: float, temporal_window: int) -> io.NodeOutput:
-        return io.NodeOutput(decode_latent(vae, latent_5d(samples), tile_size, tile_overlap, temporal_window))
+        # The video is assembled on the intermediate device: the VAE's device holds a tile at a time.
+        video = decode_video(runtime.vae_placement(vae), runtime.latent_5d(samples), tile_size, temporal_window,
+                             tile_overlap, runtime.vae_progress(), output_device=mm.intermediate_device())
+        return io.NodeOutput(video_to_image(video))
 
 
 class PyramidFlowVideoVAEEncode(PyramidFlowNode):
@@ -176,8 +88,9 @@ class PyramidFlowVideoVAEEncode(PyramidFlowNode):
             log.warning("Pyramid Flow VAE Encode: using the first %d of %d frames (the VAE takes 1 + 8k)",
                         frames, images.shape[0])
         h, w = images.shape[1] // 8 * 8, images.shape[2] // 8 * 8
-        video = image_to_video(images[:frames, :h, :w])
-        moments = encode_with_retry(vae, video, tile_size, temporal_window, "VAE encode", tile_overlap)
+        video = frames_to_video(images[:frames, :h, :w])
+        moments = encode_video(runtime.vae_placement(vae), video, tile_size, temporal_window, tile_overlap,
+                               runtime.vae_progress())
         return io.NodeOutput({"samples": moments[:, : moments.shape[1] // 2].float().to(mm.intermediate_device())})
 
 

@@ -78,7 +78,8 @@ class PyramidFlowVideoModelLoader(PyramidFlowNode):
         operations = models.dit_operations(weight, compute, load_device, fp8_matmul)
         try:
             dit, info = load_dit(path, dtype=weight, device=offload, operations=operations,
-                                reader=models.read_weights, ema=use_ema)
+                                reader=models.read_weights, ema=use_ema,
+                                attention_backend=models.comfy_attention_backend())
         except (CheckpointError, KeyError) as err:
             raise _not_a("DiT", model, err, "Pick a diffusion_transformer_* folder or a Pyramid Flow DiT "
                          ".safetensors file (not a VAE, text encoder or another model's checkpoint).") from err

@@ -16,7 +16,7 @@ import comfy.ops
 import comfy.utils
 import folder_paths
 
-from ..pyramid_flow.attention import set_attention_function
+from ..pyramid_flow.attention import AttentionBackend
 from ..pyramid_flow.loading import hub
 from ..pyramid_flow.loading.state_dict import WEIGHT_EXTENSIONS, WEIGHT_FILE_NAMES
 from ..pyramid_flow.variants import VARIANTS, Variant
@@ -179,10 +179,11 @@ def make_patcher(module: torch.nn.Module, load_device, offload_device):
     return patcher_class(module, load_device=load_device, offload_device=offload_device)
 
 
-def use_comfy_attention() -> None:
-    """Route the DiT's attention through ComfyUI's ``optimized_attention``, so --use-sage-attention,
-    --use-flash-attention and xformers take effect. Only ComfyUI's SDPA backend gets the key-padding mask; the others
-    are never given one (they ignore it or fall back to SDPA): the DiT splits those calls so that none needs it."""
+def comfy_attention_backend() -> AttentionBackend:
+    """ComfyUI's ``optimized_attention`` as a DiT's attention backend, so --use-sage-attention,
+    --use-flash-attention and xformers take effect for the models this pack loads (and no others). Only ComfyUI's
+    SDPA backend gets the key-padding mask; the others are never given one (they ignore it or fall back to SDPA):
+    the DiT splits those calls so that none needs it."""
     import comfy.ldm.modules.attention as comfy_attention
 
     backend = comfy_attention.optimized_attention
@@ -190,7 +191,7 @@ def use_comfy_attention() -> None:
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
         return backend(q, k, v, q.shape[1], mask=mask, skip_reshape=True, skip_output_reshape=True)
 
-    set_attention_function(attend, supports_mask=backend is comfy_attention.attention_pytorch)
+    return AttentionBackend(attend, supports_mask=backend is comfy_attention.attention_pytorch)
 
 
 def dit_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype, load_device, fp8_matmul: bool):
@@ -198,11 +199,6 @@ def dit_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype, load_d
     storage = compute dtype, casting layers for fp8 storage, fp8 matrix multiplication where the device has it and
     ``fp8_matmul`` (or ComfyUI's ``--fast``) asks for it."""
     return comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device, fp8_optimizations=fp8_matmul)
-
-
-def free_after_interrupt() -> None:
-    """Give cached allocator memory back after an interrupted or failed run (models stay managed by ComfyUI)."""
-    mm.soft_empty_cache()
 
 
 class PyramidFlowDiTModel(torch.nn.Module):

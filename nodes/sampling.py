@@ -2,115 +2,22 @@
 both on ComfyUI's model management with progress, previews and interrupt at every DiT step."""
 
 import logging
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
-
-import comfy.latent_formats
-import comfy.model_management as mm
-import comfy.utils
-import latent_preview
 from comfy_api.v0_0_2 import io
 
 from ..pyramid_flow import latents as latent_utils
-from ..pyramid_flow.dit.compile import compiled_blocks
-from ..pyramid_flow.memory import dit_memory
-from ..pyramid_flow.noise import NOISE_MODES, make_noise
-from ..pyramid_flow.sampler import PyramidSampler, StepInfo, count_dit_steps
-from ..pyramid_flow.scheduler import PyramidFlowScheduler
-from ..pyramid_flow.text import TextEmbeddings
-from ..pyramid_flow.variants import VARIANTS, get_variant
-from . import models
+from ..pyramid_flow.noise import NOISE_MODES
+from ..pyramid_flow.orchestration import SamplingSettings, check_request, fit_frames, frames_to_history, timed_conditioning
+from ..pyramid_flow.variants import get_variant
+from . import runtime
 from .base import PyramidFlowNode
-from .common import MAX_SECONDS, MAX_SIZE, centre_crop, check_image, check_size, describe_duration, image_to_video
-from .conditioning import conditioning_to_embeddings, conditioning_to_schedule, conditioning_variant
-from .latent import encode_with_retry, latent_5d, normalized_latent
-from .types import COMPILE_OPTIONS_KEY, MOMENTS_KEY, NORMALIZED_KEY, SEED_KEY, VARIANT_KEY, ModelSocket, VAESocket
+from .common import MAX_SECONDS, MAX_SIZE, check_image, check_size, describe_duration
+from .types import MOMENTS_KEY, SEED_KEY, VARIANT_KEY, ModelSocket, VAESocket
 
 CATEGORY = "PyramidFlow/sampling"
 log = logging.getLogger("pyramid_flow")
-
-
-class PyramidFlowLatentFormat(comfy.latent_formats.LatentFormat):
-    """For live previews only: 16-channel latents of Pyramid Flow's VAE (initialised from SD3's, so SD3's
-    latent-to-RGB factors give a usable colour preview)."""
-
-    latent_channels = latent_utils.LATENT_CHANNELS
-    latent_dimensions = 3
-
-    def __init__(self):
-        sd3 = comfy.latent_formats.SD3()
-        self.latent_rgb_factors = sd3.latent_rgb_factors
-        self.latent_rgb_factors_bias = getattr(sd3, "latent_rgb_factors_bias", None)
-        self.taesd_decoder_name = None
-
-
-def send_text(node_id, text: str) -> None:
-    """Status text on the node (0.3.34+); silent outside a running server."""
-    try:
-        from server import PromptServer
-
-        PromptServer.instance.send_progress_text(text, node_id)
-    except Exception:  # no server (in-process use) or an older ComfyUI
-        pass
-
-
-def make_step_callback(total: int, device) -> Callable[[StepInfo], None]:
-    """Progress over every DiT step of every unit, a preview of the frame being generated, and an interrupt check
-    per step (the progress hook raises InterruptProcessingException once /interrupt was posted)."""
-    pbar = comfy.utils.ProgressBar(total)
-    previewer = latent_preview.get_previewer(device, PyramidFlowLatentFormat())
-
-    def callback(info: StepInfo) -> None:
-        preview = None
-        if previewer is not None:
-            preview = previewer.decode_latent_to_preview_image("JPEG", info.latent[:1].float())
-        pbar.update_absolute(info.done, info.total, preview)
-        mm.throw_exception_if_processing_interrupted()
-
-    return callback
-
-
-def check_text_dims(dit_model, cond: TextEmbeddings, variant_of_cond: Optional[str]) -> None:
-    config = getattr(dit_model.info, "config", {}) or {}
-    context_dim, pooled_dim = config.get("joint_attention_dim"), config.get("pooled_projection_dim")
-    got = (cond.prompt_embeds.shape[-1], cond.pooled.shape[-1])
-    if (context_dim and got[0] != context_dim) or (pooled_dim and got[1] != pooled_dim):
-        needs = "; ".join(f"{v.display_name} needs {v.comfy_clip_loader}" for v in VARIANTS.values())
-        raise ValueError(
-            f"The text conditioning ({variant_of_cond or 'unknown'} encoders: T5 {got[0]}, pooled {got[1]}) does not "
-            f"fit this {dit_model.variant_name} DiT (T5 {context_dim}, pooled {pooled_dim}). {needs}.")
-
-
-def run_sampler(model, run: Callable[[PyramidSampler], torch.Tensor], *, height: int, width: int, num_units: int,
-                new_units: int, first_steps, video_steps, from_scratch: bool, guidance_scale: float, seed: int,
-                noise: str, history_window: Optional[int]) -> torch.Tensor:
-    """Load the DiT through ComfyUI's model management, build the sampler and call ``run(sampler)``; returns the
-    normalised latents it produced (the ``common_ksampler`` of this pack)."""
-    wrapper = model.model
-    compute = wrapper.compute_dtype
-    batch = 2 if guidance_scale > 0 else 1  # CFG runs the negative prompt in the same call
-    memory = dit_memory(wrapper.diffusion_model, height, width, num_units - 1, batch, compute, history_window)
-    mm.load_models_gpu([model], memory_required=memory)
-    models.use_comfy_attention()
-    device = model.load_device
-    scheduler = PyramidFlowScheduler()
-    source = make_noise(noise, seed, gamma=scheduler.gamma, device=device)
-    total = count_dit_steps(new_units, first_steps, video_steps, scheduler.stages, from_scratch)
-    sampler = PyramidSampler(wrapper.diffusion_model, source, device, compute, scheduler, make_step_callback(total, device))
-    try:
-        with compiled_blocks(wrapper.diffusion_model, model.model_options.get(COMPILE_OPTIONS_KEY)):
-            return run(sampler)
-    except BaseException:
-        models.free_after_interrupt()
-        raise
-
-
-def latent_output(latents: torch.Tensor, variant_name: str, seed: int) -> dict:
-    """Normalised latents -> a LATENT: VAE-space samples, plus the normalised copy for an exact continuation."""
-    normalized = latents.float().to(mm.intermediate_device())
-    samples = latent_utils.denormalize(normalized, get_variant(variant_name))
-    return {"samples": samples, NORMALIZED_KEY: normalized, VARIANT_KEY: variant_name, SEED_KEY: seed}
 
 
 def _int(name: str, default: int, minimum: int, maximum: int, tooltip: str, step: int = 1) -> io.Int.Input:
@@ -202,43 +109,39 @@ class PyramidFlowVideoSampler(PyramidFlowNode):
                 video_steps_2: int, video_steps_3: int, guidance_scale: float, video_guidance_scale: float,
                 seed: int, image_latent: Optional[dict] = None, noise: str = "default",
                 history_window: int = 0) -> io.NodeOutput:
-        temp = latent_utils.temp_for_seconds(duration_seconds)
+        latent_frames = latent_utils.temp_for_seconds(duration_seconds)
         first = _first_frame(image_latent, cls.node_id())
         if first is not None:
             height, width = latent_utils.pixel_size(first)
             check_size(width, height, source="'image_latent'")
         else:
             check_size(width, height)
-        checkpoint = model.model.checkpoint
-        latent_utils.check_temp(temp, checkpoint)
-        warning = latent_utils.resolution_warning(width, height, temp, checkpoint)
+        warning = check_request(width, height, latent_frames, model.model.checkpoint)
         if warning:
             log.warning("Pyramid Flow: %s", warning)
-        send_text(cls.node_id(), describe_duration(duration_seconds) + (f"\n{warning}" if warning else ""))
-        cond, uncond = conditioning_to_schedule(positive, temp), conditioning_to_embeddings(negative, "negative")
-        check_text_dims(model.model, conditioning_to_embeddings(positive[:1], "positive"), conditioning_variant(positive))
+        runtime.send_text(cls.node_id(), describe_duration(duration_seconds) + (f"\n{warning}" if warning else ""))
+        cond, uncond = _conditioning(model, positive, negative, latent_frames)
         variant = get_variant(model.model.variant_name)
-        first_steps = [first_frame_steps_1, first_frame_steps_2, first_frame_steps_3]
-        video_steps = [video_steps_1, video_steps_2, video_steps_3]
-        guidance = dict(guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale,
-                        history_window=_window(history_window))
+        settings = SamplingSettings([first_frame_steps_1, first_frame_steps_2, first_frame_steps_3],
+                                    [video_steps_1, video_steps_2, video_steps_3], guidance_scale,
+                                    video_guidance_scale, seed, noise, _window(history_window))
+        if first is None:
+            start = dict(size=(height, width))
+        elif first.shape[1] == 2 * latent_utils.LATENT_CHANNELS:  # moments: the posterior is drawn in official order
+            start = dict(image_moments=first, variant=variant)
+        else:
+            start = dict(history=latent_utils.normalize(first.float(), variant))
+        latents = runtime.sample(model, cond, uncond, settings, latent_frames, **start)
+        return io.NodeOutput(runtime.latent_output(latents, variant.name, seed),
+                             latent_utils.frames_for_temp(latent_frames))
 
-        def run(sampler: PyramidSampler) -> torch.Tensor:
-            if first is None:
-                return sampler.text_to_video(cond, uncond, height=height, width=width, temp=temp,
-                                             first_frame_steps=first_steps, video_steps=video_steps, **guidance)
-            if first.shape[1] == 2 * latent_utils.LATENT_CHANNELS:  # moments: the posterior is drawn in official order
-                return sampler.image_to_video(cond, uncond, image_moments=first, variant=variant, temp=temp,
-                                              steps=video_steps, **guidance)
-            history = latent_utils.normalize(first.float(), variant)
-            return sampler.extend(cond, uncond, history=history, units=temp - 1, steps=video_steps, **guidance)
 
-        new_units = temp if first is None else temp - 1
-        latents = run_sampler(model, run, height=height, width=width, num_units=temp, new_units=new_units,
-                              first_steps=first_steps, video_steps=video_steps, from_scratch=first is None,
-                              guidance_scale=guidance_scale, seed=seed, noise=noise,
-                              history_window=_window(history_window))
-        return io.NodeOutput(latent_output(latents, variant.name, seed), latent_utils.frames_for_temp(temp))
+def _conditioning(model, positive, negative, latent_frames: int):
+    """The sampler's (positive, negative) conditioning from the CONDITIONING inputs, checked against the DiT."""
+    cond = timed_conditioning(runtime.conditioning_to_timed(positive), latent_frames)
+    runtime.check_text_dims(model.model, runtime.conditioning_to_embeddings(positive[:1], "positive"),
+                            runtime.conditioning_variant(positive))
+    return cond, runtime.conditioning_to_embeddings(negative, "negative")
 
 
 def _first_frame(image_latent: Optional[dict], node_id) -> Optional[torch.Tensor]:
@@ -247,12 +150,12 @@ def _first_frame(image_latent: Optional[dict], node_id) -> Optional[torch.Tensor
     if image_latent is None:
         return None
     first = image_latent.get(MOMENTS_KEY)
-    first = latent_5d(image_latent, "image_latent") if first is None else first
+    first = runtime.latent_5d(image_latent, "image_latent") if first is None else first
     if first.shape[0] > 1:
         message = (f"image_latent holds a batch of {first.shape[0]} images; the first one is used as the first "
                    "frame.")
         log.warning("Pyramid Flow: %s", message)
-        send_text(node_id, message)
+        runtime.send_text(node_id, message)
     return first[:1, :, :1]
 
 
@@ -302,26 +205,22 @@ class PyramidFlowVideoExtend(PyramidFlowNode):
         history = _history(video, images, vae, variant.name, cls.node_id())
         units = latent_utils.units_for_seconds(duration_seconds)
         height, width = latent_utils.pixel_size(history)
-        total_units = history.shape[2] + units
-        latent_utils.check_temp(total_units, model.model.checkpoint)
+        latent_frames = history.shape[2] + units
+        warning = check_request(width, height, latent_frames, model.model.checkpoint)
+        if warning:
+            log.warning("Pyramid Flow: %s", warning)
         if video is not None and video.get(SEED_KEY) not in (None, seed):
             log.info("Pyramid Flow Extend: seed %s differs from the %s the video was sampled with: the continuation is "
                      "valid, but not what one longer run with that seed would give.", seed, video[SEED_KEY])
-        send_text(cls.node_id(), f"+{units} latent frames: {latent_utils.frames_for_temp(total_units)} frames")
-        cond, uncond = conditioning_to_schedule(positive, total_units), conditioning_to_embeddings(negative, "negative")
-        check_text_dims(model.model, conditioning_to_embeddings(positive[:1], "positive"), conditioning_variant(positive))
+        runtime.send_text(cls.node_id(), f"+{units} latent frames: {latent_utils.frames_for_temp(latent_frames)} frames")
+        cond, uncond = _conditioning(model, positive, negative, latent_frames)
         steps = [video_steps_1, video_steps_2, video_steps_3]
-
-        def run(sampler: PyramidSampler) -> torch.Tensor:
-            return sampler.extend(cond, uncond, history=history, units=units, steps=steps, guidance_scale=guidance_scale,
-                                  video_guidance_scale=video_guidance_scale, history_window=_window(history_window))
-
-        latents = run_sampler(model, run, height=height, width=width, num_units=total_units, new_units=units,
-                              first_steps=steps, video_steps=steps, from_scratch=False, guidance_scale=guidance_scale,
-                              seed=seed, noise=noise, history_window=_window(history_window))
+        settings = SamplingSettings(steps, steps, guidance_scale, video_guidance_scale, seed, noise,
+                                    _window(history_window))
+        latents = runtime.sample(model, cond, uncond, settings, latent_frames, history=history)
         new = latents[:, :, history.shape[2]:]
-        return io.NodeOutput(latent_output(latents, variant.name, seed), latent_output(new, variant.name, seed),
-                             latent_utils.frames_for_temp(total_units))
+        return io.NodeOutput(runtime.latent_output(latents, variant.name, seed),
+                             runtime.latent_output(new, variant.name, seed), latent_utils.frames_for_temp(latent_frames))
 
 
 def _history(video: Optional[dict], images: Optional[torch.Tensor], vae, variant_name: str, node_id) -> torch.Tensor:
@@ -333,24 +232,18 @@ def _history(video: Optional[dict], images: Optional[torch.Tensor], vae, variant
         if made_by not in (None, variant_name):
             raise ValueError(f"The video latent was made with the {made_by} model; this model is {variant_name}. "
                              "Load the same model family to continue it.")
-        history = normalized_latent(video, variant_name, "video")
+        history = runtime.normalized_latent(video, variant_name, "video")
         check_size(*latent_utils.pixel_size(history)[::-1], source="'video'")
         return history[:1]
     if vae is None:
         raise ValueError("'images' needs the 'vae' input too (Pyramid Flow VAE Loader), to encode the frames.")
     check_image(images, "images")
-    frames = latent_utils.frames_for_temp(latent_utils.temp_for_frames(images.shape[0]))
-    height = images.shape[1] // latent_utils.RESOLUTION_MULTIPLE * latent_utils.RESOLUTION_MULTIPLE
-    width = images.shape[2] // latent_utils.RESOLUTION_MULTIPLE * latent_utils.RESOLUTION_MULTIPLE
-    check_size(width, height, source="'images' (after cropping to multiples of 64)")
-    if frames != images.shape[0] or (height, width) != tuple(images.shape[1:3]):
-        message = (f"Using {frames} of {images.shape[0]} frames (the causal VAE encodes 1 + 8k) at {width}x{height} "
-                   f"(centre-cropped from {images.shape[2]}x{images.shape[1]}).")
-        log.info("Pyramid Flow Extend: %s", message)
-        send_text(node_id, message)
-    video = image_to_video(centre_crop(images[:frames], width, height))
-    moments = encode_with_retry(vae, video, 256, 2, "Extend encode")
-    return latent_utils.normalize(moments[:, : moments.shape[1] // 2].float(), get_variant(variant_name))
+    frames, note = fit_frames(images, source="'images' (after cropping to multiples of 64)")
+    if note:
+        log.info("Pyramid Flow Extend: %s", note)
+        runtime.send_text(node_id, note)
+    return frames_to_history(runtime.vae_placement(vae), frames, get_variant(variant_name),
+                             callback=runtime.vae_progress())
 
 
 NODES = [PyramidFlowVideoSampler, PyramidFlowVideoExtend]

@@ -1,9 +1,10 @@
-"""The attention entry point of the DiT.
+"""Attention kernels of the DiT, chosen per model or per call, never process-wide.
 
-Every DiT attention call goes through :func:`attention`, so a faster kernel (ComfyUI's ``optimized_attention``
-with sage, flash or xformers; ``sageattention`` / ``flash-attn`` standalone) can be swapped in with
-:func:`set_attention_function` without touching the blocks. A backend that cannot take a key-padding mask is
-registered with ``supports_mask=False``: the DiT then splits its calls so that none needs a mask (see
+A DiT runs every attention call through its :class:`AttentionBackend` (``PyramidDiT.attention_backend``, SDPA by
+default, or the ``attention_backend`` argument of one call), so a faster kernel (ComfyUI's ``optimized_attention``
+with sage, flash or xformers; ``sageattention`` / ``flash-attn`` standalone) is swapped in without touching the
+blocks, and two models in one process can use different kernels. A backend that cannot take a key-padding mask
+has ``supports_mask=False``: the DiT then splits its calls so that none needs a mask (see
 ``pyramid_flow.dit.sequence.masked_attention``). The VAE's per-frame attention always uses
 :func:`sdpa_attention` (one 512-wide head, which the fast kernels do not serve).
 """
@@ -26,25 +27,17 @@ def sdpa_attention(
 
 @dataclass(frozen=True)
 class AttentionBackend:
-    fn: AttentionFn
-    supports_mask: bool
-
-
-_backend = AttentionBackend(sdpa_attention, supports_mask=True)
-
-
-def set_attention_function(fn: Optional[AttentionFn], supports_mask: bool = True) -> None:
-    """Route the DiT's attention through ``fn`` (same signature as :func:`sdpa_attention`); ``None`` restores SDPA.
+    """An attention kernel: ``fn(q, k, v, mask)`` with the signature of :func:`sdpa_attention`.
     ``supports_mask=False``: ``fn`` is never given a mask."""
-    global _backend
-    _backend = AttentionBackend(fn or sdpa_attention, supports_mask if fn is not None else True)
+
+    fn: AttentionFn
+    supports_mask: bool = True
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is not None and not self.supports_mask:
+            raise ValueError("this attention backend takes no mask: split the call (see dit.sequence.masked_attention)")
+        return self.fn(q, k, v, mask)
 
 
-def attention_takes_masks() -> bool:
-    return _backend.supports_mask
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    if mask is not None and not _backend.supports_mask:
-        raise ValueError("this attention backend takes no mask: split the call (see dit.sequence.masked_attention)")
-    return _backend.fn(q, k, v, mask)
+SDPA = AttentionBackend(sdpa_attention)

@@ -7,13 +7,11 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 from PIL import Image
 
 from . import latents as latent_utils
 from .dtypes import COMPUTE_DTYPES
-from .image import resize_to
 from .pipeline import PyramidFlowPipeline
 from .text import DEFAULT_NEGATIVE_PROMPT
 from .vae import FAST_DECODE, SAVE_MEMORY_DECODE
@@ -105,13 +103,7 @@ def load_history(path: str, pipe: PyramidFlowPipeline, width: int, height: int, 
             raise ValueError(f"'{path}' was made with the {metadata['variant']} model; this run loaded "
                              f"{pipe.variant.name}. Pass --variant {metadata['variant']} (or its --model folder).")
         return latents, metadata
-    frames = read_video(path)
-    usable = latent_utils.frames_for_temp(latent_utils.temp_for_frames(frames.shape[0]))
-    if usable != frames.shape[0]:
-        log.info("Using the first %d of %d frames of %s (the causal VAE encodes 1 + 8k frames).", usable,
-                 frames.shape[0], path)
-    resized = [torch.from_numpy(np.array(resize_to(f, width, height))) for f in frames[:usable]]
-    return pipe.encode_video(torch.stack(resized), callback=callback), {}
+    return pipe.frames_to_history(read_video(path), size=(width, height), callback=callback), {}
 
 
 def read_schedule(value: Optional[str]) -> Optional[str]:

@@ -1,6 +1,6 @@
 """First-frame images for image-to-video: aspect-preserving resize and conversion to VAE input."""
 
-from typing import Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -11,7 +11,8 @@ RESIZE_MODES = ("crop", "pad")
 
 
 def to_pil(image: ImageLike) -> Image.Image:
-    """PIL RGB from a PIL image, a uint8 [H, W, 3] array, or a float [H, W, 3] tensor in [0, 1] (ComfyUI IMAGE)."""
+    """PIL RGB from a PIL image, a uint8 [H, W, C] array, or a float [H, W, C] tensor in [0, 1] (ComfyUI IMAGE);
+    C is 3, 4 (alpha dropped) or 1 (grey)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, torch.Tensor):
@@ -20,8 +21,10 @@ def to_pil(image: ImageLike) -> Image.Image:
         if image.is_floating_point():
             image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
         image = image.cpu().numpy()
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"expected an RGB image [H, W, 3], got an array of shape {tuple(image.shape)}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
     return Image.fromarray(np.ascontiguousarray(image[:, :, :3]))
 
 
@@ -46,6 +49,12 @@ def resize_to(image: ImageLike, width: int, height: int, mode: str = "crop") -> 
     canvas = Image.new("RGB", (width, height))
     canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
     return canvas
+
+
+def first_frame_input(image: ImageLike, size: Optional[Tuple[int, int]] = None, mode: str = "crop") -> torch.Tensor:
+    """The first frame of image-to-video -> VAE input [1, 3, 1, H, W] in [-1, 1]: resized to ``size`` = (width,
+    height) keeping the aspect (:func:`resize_to`), then converted as the official app does."""
+    return image_to_vae_input(resize_to(image, *size, mode=mode) if size else to_pil(image))
 
 
 def image_to_vae_input(image: Image.Image) -> torch.Tensor:

@@ -70,16 +70,21 @@ def unit_at_seconds(seconds: float, fps: int = FPS) -> int:
     return 0 if frame <= 0 else (frame - 1) // TEMPORAL_SCALE + 1
 
 
-def check_resolution(width: int, height: int) -> None:
-    """Raise a ValueError naming the fix when width/height cannot go through the pyramid."""
+def check_resolution(width: int, height: int, source: Optional[str] = None) -> None:
+    """Raise a ValueError naming the fix when width/height cannot go through the pyramid; ``source`` names where
+    the size came from when it is not the request's own width and height (an image, a latent, a video)."""
     for name, value in (("width", width), ("height", height)):
         if value < RESOLUTION_MULTIPLE or value % RESOLUTION_MULTIPLE:
             lower = max(RESOLUTION_MULTIPLE, value // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE)
-            raise ValueError(
+            message = (
                 f"{name} {value} is not a multiple of {RESOLUTION_MULTIPLE}: Pyramid Flow needs multiples of 64 "
                 f"(VAE 8 x pyramid 4 x patch 2). Use {lower} or {lower + RESOLUTION_MULTIPLE}; the trained sizes are "
                 "640x384 (384p) and 1280x768 (768p)."
             )
+            if source is not None:
+                message = (f"The size {width}x{height} comes from {source}: {message} Resize it to multiples of 64 "
+                           "before it is encoded.")
+            raise ValueError(message)
 
 
 def check_temp(temp: int, checkpoint: Optional[str]) -> None:
@@ -111,11 +116,6 @@ def warn_resolution(width: int, height: int, temp: int, checkpoint: Optional[str
     message = resolution_warning(width, height, temp, checkpoint)
     if message:
         warnings.warn(message, stacklevel=2)
-
-
-def latent_size(width: int, height: int) -> Tuple[int, int]:
-    """(h, w) of the full-resolution latent."""
-    return height // SPATIAL_SCALE, width // SPATIAL_SCALE
 
 
 def pixel_size(latent: torch.Tensor) -> Tuple[int, int]:

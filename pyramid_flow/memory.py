@@ -129,9 +129,13 @@ def dit_moments(shape: DiTShape, batch: int, image: int, current: int, itemsize:
 def dit_memory(dit: torch.nn.Module, height: int, width: int, past_frames: int, batch: int = 2,
                dtype: Optional[torch.dtype] = None, history_window: Optional[int] = None) -> int:
     """:func:`dit_activation_bytes` of a built DiT; ``dtype``: the compute dtype, by default the one its weights
-    compute in (bf16 for fp8 weights)."""
+    compute in (bf16 for fp8 weights). 0 for a module that is not a Pyramid Flow DiT (a wrapper or a stand-in has
+    no shape to estimate from)."""
+    shape = DiTShape.of_model(dit)
+    if shape is None:
+        return 0
     dtype = dtype or compute_dtype(dit.proj_out.weight.dtype)
-    return dit_activation_bytes(DiTShape.of_model(dit), height, width, past_frames, batch, dtype, history_window)
+    return dit_activation_bytes(shape, height, width, past_frames, batch, dtype, history_window)
 
 
 def dit_memory_estimate(variant: str, config: Mapping, height: int, width: int, past_frames: int, batch: int = 2,

@@ -107,7 +107,7 @@ def count_blocks(shape: Shape) -> int:
 class SeededNoise:
     """The default source: one CPU generator per (seed, site, unit, stage), float64 draws rounded to float32."""
 
-    def __init__(self, seed: int, gamma: float = 1 / 3, device: torch.device = torch.device("cpu")):
+    def __init__(self, seed: int, gamma: float = 1 / 3):
         self.seed = int(seed)
         self.factor = block_noise_factor(gamma)
 
@@ -197,14 +197,19 @@ class ReplayNoise:
         return len(self._queue)
 
 
-NOISE_MODES: Dict[str, Callable[..., NoiseSource]] = {"default": SeededNoise, "official": OfficialNoise}
+# name -> factory(seed, gamma, device): the default draws on the CPU whatever the device (the same video on any
+# device); the official streams draw where the official app draws, on the sampling device.
+NOISE_MODES: Dict[str, Callable[[int, float, torch.device], NoiseSource]] = {
+    "default": lambda seed, gamma, device: SeededNoise(seed, gamma),
+    "official": lambda seed, gamma, device: OfficialNoise(seed, gamma, device),
+}
 
 
 def make_noise(mode: str, seed: int, gamma: float = 1 / 3, device: torch.device = torch.device("cpu")) -> NoiseSource:
     """The source registered as ``mode`` ("default", "official") for ``seed``; ``device`` is the sampling device."""
     if mode not in NOISE_MODES:
         raise ValueError(f"noise must be one of {sorted(NOISE_MODES)} or a noise source, got '{mode}'")
-    return NOISE_MODES[mode](seed, gamma=gamma, device=device)
+    return NOISE_MODES[mode](seed, gamma, torch.device(device))
 
 
 def draw_posterior(noise: NoiseSource, moments: torch.Tensor) -> torch.Tensor:

@@ -1,33 +1,32 @@
-"""Everything wired together: load an official checkpoint folder, encode prompts, sample, decode.
-
-The command line (``pyramid_flow.cli``) is the only user of this module; ComfyUI's nodes call the library pieces
-themselves.
+"""The library's front door: load an official checkpoint folder, then text-to-video, image-to-video, extension and
+decoding in one object. Each method is a few steps of :mod:`pyramid_flow.orchestration` (the same steps the
+ComfyUI nodes call) with the models placed by :class:`~pyramid_flow.placement.DevicePlacement`.
 """
 
+import logging
 import os
-from contextlib import contextmanager
+import warnings
 from typing import Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import latents as latent_utils
 from .dit import load_dit
-from .dit.compile import compiled_blocks
-from .image import ImageLike, image_to_vae_input, resize_to, to_pil
+from .image import ImageLike, resize_to, to_pil
+from .latents import denormalize, pixel_size, to_uint8
 from .loading.detect import checkpoint_kind
 from .loading.hub import DIT_FOLDERS, VAE_FOLDER
 from .loading.state_dict import CheckpointError, read_json
 from .memory import stream_cache_memory
-from .noise import NoiseSource, make_noise
-from .sampler import Conditioning, PyramidSampler, StepCallback
+from .orchestration import (Noise, SamplingSettings, ScheduleLike, TimedEmbeddings, check_request, decode_video, encode_first_frame,
+                            encode_prompts, fit_frames, frames_to_history, sample, timed_conditioning)
+from .placement import DevicePlacement
+from .sampler import Conditioning, StepCallback
 from .scheduler import PyramidFlowScheduler
-from .text import (DEFAULT_NEGATIVE_PROMPT, PromptSchedule, PyramidTextEncoder, TextEmbeddings, effective_prompts,
-                   parse_prompt_schedule, schedule_units)
+from .text import DEFAULT_NEGATIVE_PROMPT, PyramidTextEncoder, TextEmbeddings
 from .variants import Variant, get_variant
-from .vae import ENCODE_TILE, FAST_DECODE, SAVE_MEMORY_DECODE, DecodeSettings, load_vae
+from .vae import FAST_DECODE, SAVE_MEMORY_DECODE, DecodeSettings, load_vae
 
-Noise = Union[str, NoiseSource, None]  # "default", "official", or a source; None = "default"
-ScheduleLike = Union[str, Sequence[Tuple[float, str]]]  # "0: a / 4: b" or [(0.0, "a"), (4.0, "b")]
+log = logging.getLogger("pyramid_flow")
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -71,24 +70,9 @@ class PyramidFlowPipeline:
         self.offload = offload
         self.compile_options = compile_options
 
-    @contextmanager
-    def _placed(self, module: torch.nn.Module):
-        """``module`` on the compute device inside the block (and back on the CPU after it when offloading)."""
-        if self.offload:
-            module.to(self.device)
-        try:
-            yield module
-        finally:
-            if self.offload:
-                module.to("cpu")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-
-    @contextmanager
-    def _sampling_dit(self):
-        """The DiT placed for sampling, its blocks compiled when ``compile_options`` asks for it."""
-        with self._placed(self.dit) as dit, compiled_blocks(dit, self.compile_options):
-            yield dit
+    def placed(self, module: torch.nn.Module) -> DevicePlacement:
+        """How ``module`` reaches the compute device: resident, or moved there only while it runs (``offload``)."""
+        return DevicePlacement(module, self.device, self.offload)
 
     @classmethod
     def from_pretrained(
@@ -130,46 +114,41 @@ class PyramidFlowPipeline:
 
     # --- text --------------------------------------------------------------------------------------------------
 
+    def _encode_prompts(self, prompt, negative_prompt, prompt_schedule=None,
+                        add_suffix: bool = True) -> Tuple[TimedEmbeddings, TextEmbeddings]:
+        """:func:`~pyramid_flow.orchestration.encode_prompts` with the text encoders placed once for all texts."""
+        if self.text_encoder is None:
+            raise RuntimeError("this pipeline was loaded without text encoders: pass embeddings to the sampler instead")
+        with self.placed(self.text_encoder).loaded() as encoder:
+            return encode_prompts(lambda texts: encoder.encode(texts).to(self.device), prompt, negative_prompt,
+                                  prompt_schedule, add_suffix)
+
     def encode_prompt(
         self, prompt: Union[str, Sequence[str]], negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT, add_suffix: bool = True
     ) -> Tuple[TextEmbeddings, TextEmbeddings]:
         """(positive, negative) embeddings; the official suffix goes on positive prompts only, None negative = ''."""
-        if self.text_encoder is None:
-            raise RuntimeError("this pipeline was loaded without text encoders: pass embeddings to the sampler instead")
-        prompts, negatives = effective_prompts(prompt, negative_prompt, add_suffix)
-        with self._placed(self.text_encoder) as encoder:
-            return encoder.encode(prompts).to(self.device), encoder.encode(negatives).to(self.device)
+        ((_, positive),), negative = self._encode_prompts(prompt, negative_prompt, add_suffix=add_suffix)
+        return positive, negative
 
     def encode_conditioning(self, prompt: Union[str, Sequence[str]], negative_prompt: Optional[str],
-                            prompt_schedule: Optional[ScheduleLike], num_units: int) -> Tuple[Conditioning, TextEmbeddings]:
+                            prompt_schedule: Optional[ScheduleLike], latent_frames: int) -> Tuple[Conditioning, TextEmbeddings]:
         """The positive conditioning (one prompt, or a schedule with each distinct prompt encoded once) and the
         negative one."""
-        if prompt_schedule is None:
-            return self.encode_prompt(prompt, negative_prompt)
-        entries = parse_prompt_schedule(prompt_schedule) if isinstance(prompt_schedule, str) else list(prompt_schedule)
-        units = schedule_units(entries, num_units)
-        texts = list(dict.fromkeys(text for _, text in units))
-        embeddings = {}
-        for text in texts:
-            embeddings[text], uncond = self.encode_prompt(text, negative_prompt)
-        return PromptSchedule.from_texts(units, embeddings), uncond
+        timed, negative = self._encode_prompts(prompt, negative_prompt, prompt_schedule)
+        return timed_conditioning(timed, latent_frames), negative
 
     # --- sampling ----------------------------------------------------------------------------------------------
 
-    def check_request(self, width: int, height: int, temp: int) -> None:
+    def check_request(self, width: int, height: int, latent_frames: int) -> None:
         """Fail before any heavy work on an impossible request; warn on sizes the checkpoint was not trained for."""
-        latent_utils.check_resolution(width, height)
-        latent_utils.check_temp(temp, self.checkpoint)
-        latent_utils.warn_resolution(width, height, temp, self.checkpoint)
+        warning = check_request(width, height, latent_frames, self.checkpoint)
+        if warning:
+            warnings.warn(warning, stacklevel=3)
 
-    def _noise(self, seed: Optional[int], noise: Noise) -> NoiseSource:
-        """``noise`` itself when it is a source, else the source registered under its name for ``seed``."""
-        if noise is not None and not isinstance(noise, str):
-            return noise
-        return make_noise(noise or "default", 0 if seed is None else seed, gamma=self.scheduler.gamma, device=self.device)
-
-    def _sampler(self, dit: torch.nn.Module, seed: Optional[int], noise: Noise, callback) -> PyramidSampler:
-        return PyramidSampler(dit, self._noise(seed, noise), self.device, self.dtype, self.scheduler, callback)
+    def _sample(self, cond: Conditioning, uncond: TextEmbeddings, settings: SamplingSettings, latent_frames: int,
+                callback: Optional[StepCallback], **start) -> torch.Tensor:
+        return sample(self.placed(self.dit), cond, uncond, settings, latent_frames=latent_frames, dtype=self.dtype,
+                      callback=callback, compile_options=self.compile_options, scheduler=self.scheduler, **start)
 
     def _output(self, latents: torch.Tensor, output_type: str, save_memory: bool, callback) -> torch.Tensor:
         if output_type == "latent":
@@ -196,19 +175,17 @@ class PyramidFlowPipeline:
         prompt_schedule: Optional[ScheduleLike] = None,
         decode_callback=None,
     ) -> torch.Tensor:
-        """Text-to-video. Returns normalised latents (``output_type='latent'``) or uint8 frames [F, H, W, 3].
+        """Text-to-video of ``temp`` latent frames (the official argument name; frames = 8 temp - 7). Returns
+        normalised latents (``output_type='latent'``) or uint8 frames [F, H, W, 3].
 
         ``prompt_schedule`` (prompt travel) replaces ``prompt`` with timed prompts; ``history_window`` bounds the
         history (see :mod:`pyramid_flow.sampler`).
         """
         self.check_request(width, height, temp)
         cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, temp)
-        with self._sampling_dit() as dit:
-            latents = self._sampler(dit, seed, noise, callback).text_to_video(
-                cond, uncond, height=height, width=width, temp=temp, first_frame_steps=num_inference_steps,
-                video_steps=video_num_inference_steps, guidance_scale=guidance_scale,
-                video_guidance_scale=video_guidance_scale, history_window=history_window,
-            )
+        settings = SamplingSettings(num_inference_steps, video_num_inference_steps, guidance_scale,
+                                    video_guidance_scale, seed or 0, noise, history_window)
+        latents = self._sample(cond, uncond, settings, temp, callback, size=(height, width))
         return self._output(latents, output_type, save_memory, decode_callback)
 
     def generate_i2v(
@@ -236,11 +213,9 @@ class PyramidFlowPipeline:
         self.check_request(image.width, image.height, temp)
         cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, temp)
         moments = self.encode_image(image, callback=decode_callback)
-        with self._sampling_dit() as dit:
-            latents = self._sampler(dit, seed, noise, callback).image_to_video(
-                cond, uncond, image_moments=moments, variant=self.variant, temp=temp, steps=num_inference_steps,
-                guidance_scale=guidance_scale, video_guidance_scale=video_guidance_scale, history_window=history_window,
-            )
+        settings = SamplingSettings(num_inference_steps, num_inference_steps, guidance_scale, video_guidance_scale,
+                                    seed or 0, noise, history_window)
+        latents = self._sample(cond, uncond, settings, temp, callback, image_moments=moments, variant=self.variant)
         return self._output(latents, output_type, save_memory, decode_callback)
 
     def extend(
@@ -258,48 +233,47 @@ class PyramidFlowPipeline:
         history_window: Optional[int] = None,
         prompt_schedule: Optional[ScheduleLike] = None,
     ) -> torch.Tensor:
-        """Continue a video: normalised latents [B, 16, T0, h, w] -> [B, 16, T0 + units, h, w].
+        """Continue a video by ``units`` latent frames: normalised latents [B, 16, T0, h, w] -> [B, 16, T0 + units,
+        h, w].
 
         With the default noise and the same seed, extending the first T0 frames of a run by N gives that run's
         frames T0 .. T0 + N - 1. A ``prompt_schedule`` counts seconds from the start of the whole video.
         """
-        height, width = latent_utils.pixel_size(latents)
-        self.check_request(width, height, latents.shape[2] + units)
-        cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, latents.shape[2] + units)
-        with self._sampling_dit() as dit:
-            return self._sampler(dit, seed, noise, callback).extend(
-                cond, uncond, history=latents, units=units, steps=num_inference_steps, guidance_scale=guidance_scale,
-                video_guidance_scale=video_guidance_scale, history_window=history_window,
-            )
+        height, width = pixel_size(latents)
+        total = latents.shape[2] + units
+        self.check_request(width, height, total)
+        cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, total)
+        settings = SamplingSettings(num_inference_steps, num_inference_steps, guidance_scale, video_guidance_scale,
+                                    seed or 0, noise, history_window)
+        return self._sample(cond, uncond, settings, total, callback, history=latents)
 
     # --- VAE ---------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def encode_image(self, image, tile_sample_min_size: Optional[int] = ENCODE_TILE, callback=None) -> torch.Tensor:
-        """PIL image -> VAE moments [1, 32, 1, H/8, W/8] (mean ‖ logvar), encoded as the official image-to-video."""
-        video = image_to_vae_input(image).to(device=self.device, dtype=self.dtype)
-        with self._placed(self.vae) as vae:
-            return vae.encode(video, tile_sample_min_size=tile_sample_min_size, callback=callback)
+    def encode_image(self, image: ImageLike, callback=None) -> torch.Tensor:
+        """An image (already at the video size) -> VAE moments [1, 32, 1, H/8, W/8] (mean ‖ logvar), encoded as the
+        official image-to-video."""
+        return encode_first_frame(self.placed(self.vae), image, callback=callback)
 
-    @torch.no_grad()
-    def encode_video(self, frames: torch.Tensor, callback=None) -> torch.Tensor:
-        """uint8 frames [F, H, W, 3] (F = 1 + 8k) -> normalised latents [1, 16, 1 + k, H/8, W/8] (the posterior
-        mean), to extend a video given as frames."""
-        video = frames.permute(3, 0, 1, 2)[None].to(device=self.device, dtype=self.dtype).div(127.5).sub(1)
-        with self._placed(self.vae) as vae:
-            moments = vae.encode(video, temporal_chunk=True, tile_sample_min_size=ENCODE_TILE, callback=callback)
-        return latent_utils.normalize(moments[:, : moments.shape[1] // 2], self.variant)
+    def frames_to_history(self, frames: torch.Tensor, size: Optional[Tuple[int, int]] = None,
+                          callback=None) -> torch.Tensor:
+        """A video to continue, as frames [F, H, W, 3] (uint8, or float in [0, 1]) -> normalised latents
+        [1, 16, T, h, w]: the first 1 + 8k frames, resized to ``size`` = (width, height) when given."""
+        frames = frames.float() / 255 if frames.dtype == torch.uint8 else frames
+        fitted, note = fit_frames(frames, size)
+        if note:
+            log.info("%s", note)
+        return frames_to_history(self.placed(self.vae), fitted, self.variant, callback=callback)
 
     @torch.no_grad()
     def iter_frames(self, latents: torch.Tensor, settings: DecodeSettings = SAVE_MEMORY_DECODE,
                     callback=None) -> Iterator[torch.Tensor]:
         """Normalised latents -> uint8 frames [n, H, W, 3], one decoded chunk at a time: a video of any length is
         written out with the memory of one chunk (the numbers equal :meth:`decode`'s)."""
-        with self._placed(self.vae) as vae:
-            latent = latent_utils.denormalize(latents, self.variant)
+        with self.placed(self.vae).loaded() as vae:
+            latent = denormalize(latents, self.variant)
             for piece in vae.iter_decode(latent, settings.window_size, settings.tile_sample_min_size,
                                          callback=callback, cache_device=self._cache_device(vae, latent, settings)):
-                yield latent_utils.to_uint8(piece)
+                yield to_uint8(piece)
 
     def _cache_device(self, vae: torch.nn.Module, latent: torch.Tensor, settings: DecodeSettings) -> Optional[torch.device]:
         """The CPU when every tile's causal cache together would take more than half the free GPU memory (768p has
@@ -310,12 +284,8 @@ class PyramidFlowPipeline:
         free, _ = torch.cuda.mem_get_info(self.device)
         return torch.device("cpu") if needed > free // 2 else None
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor, settings: DecodeSettings = SAVE_MEMORY_DECODE, callback=None) -> torch.Tensor:
         """Normalised latents -> uint8 frames [F, H, W, 3]; ``callback(done, total)`` after each decoded piece."""
-        with self._placed(self.vae) as vae:
-            video = vae.decode(
-                latent_utils.denormalize(latents, self.variant), temporal_chunk=True, window_size=settings.window_size,
-                tile_sample_min_size=settings.tile_sample_min_size, callback=callback,
-            )
-        return latent_utils.to_uint8(video)
+        video = decode_video(self.placed(self.vae), denormalize(latents, self.variant),
+                             settings.tile_sample_min_size or 0, settings.window_size, callback=callback)
+        return to_uint8(video)

@@ -182,6 +182,9 @@ class PyramidSampler:
             warnings.warn(self._long_history_message(num_units, size, batch), stacklevel=3)
         prompts = PromptSchedule.of(cond).to(device=self.device, dtype=self.dtype)
         uncond = uncond.to(device=self.device, dtype=self.dtype) if guidance_scale > 0 else None
+        text_dim, pooled_dim = getattr(self.dit, "text_dims", (None, None))  # None: a stand-in model (tests)
+        for embeddings in [emb for _, emb in prompts.entries] + ([uncond] if uncond is not None else []):
+            embeddings.validate(text_dim=text_dim, pooled_dim=pooled_dim)
         return _Run(self.dit, self.scheduler, self.noise, prompts, uncond, self.callback, num_units, total,
                     history_window)
 

@@ -74,13 +74,14 @@ def test_dit_forward_matches_official(case, group, models):
 def test_mask_free_attention_backends_match_official(case, models):
     """With an attention backend that takes no mask (sage, flash, xformers through ComfyUI) the DiT leaves padded
     text keys out per batch row: the same outputs."""
-    from pyramid_flow.attention import sdpa_attention, set_attention_function
+    from pyramid_flow.attention import SDPA, AttentionBackend, sdpa_attention
 
     case = require_case(case)
     recorded = tensors(case["file"])
-    set_attention_function(lambda q, k, v, mask=None: sdpa_attention(q, k, v), supports_mask=False)
+    model = models(case["variant"])
+    model.attention_backend = AttentionBackend(lambda q, k, v, mask=None: sdpa_attention(q, k, v), supports_mask=False)
     try:
-        for name, out, expected in replay(models(case["variant"]), recorded, "gen"):
+        for name, out, expected in replay(model, recorded, "gen"):
             assert_close(out, expected, ATOL, f"{case['name']} {name} (mask-free)")
     finally:
-        set_attention_function(None)
+        model.attention_backend = SDPA

@@ -71,3 +71,27 @@ def test_pickle_files_of_other_kinds_are_refused_by_extension(tmp_path):
 def test_the_error_type_has_a_short_stable_name():
     """ComfyUI shows module + class name; not the path the pack happens to be installed under."""
     assert f"{CheckpointError.__module__}.{CheckpointError.__qualname__}" == "pyramid_flow.CheckpointError"
+
+
+@pytest.mark.parametrize("folder", ["dit", "causal_video_vae"])
+def test_unknown_config_keys_are_reported_by_name(tmp_path, folder):
+    """A config.json key the model neither takes nor knows to be inert is named in a warning, never dropped
+    silently; the official keys load without one."""
+    import json
+    import warnings
+
+    variant = "miniflux"
+    name = variant_info(variant)["dit_folder"] if folder == "dit" else folder
+    path = _copy(tmp_path, variant, name)
+    load = load_dit if folder == "dit" else load_vae
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load(path)
+    config_path = os.path.join(path, "config.json")
+    os.chmod(config_path, 0o644)  # copied from a read-only golden set
+    with open(config_path) as f:
+        config = json.load(f)
+    with open(config_path, "w") as f:
+        json.dump({**config, "use_magic": True, "num_frames_extra": 3}, f)
+    with pytest.warns(UserWarning, match=r"\['num_frames_extra', 'use_magic'\] are unknown"):
+        load(path)

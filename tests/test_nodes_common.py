@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from pack_loader import load_pack_module
+from pyramid_flow.image import first_frame_input
+from pyramid_flow.orchestration import encodable_frames, frames_to_video, smaller_settings
 
 common = load_pack_module("nodes.common")
 
@@ -65,7 +67,7 @@ def test_video_image_round_trip():
     video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
     image = common.video_to_image(video.clone())
     assert image.shape == (9, 16, 24, 3) and image.min() >= 0 and image.max() <= 1
-    assert torch.allclose(common.image_to_video(image), video, atol=1e-6)
+    assert torch.allclose(frames_to_video(image), video, atol=1e-6)
 
 
 def test_video_to_image_clamps():
@@ -75,7 +77,7 @@ def test_video_to_image_clamps():
 
 @pytest.mark.parametrize("frames,expected", [(1, 1), (8, 1), (9, 9), (16, 9), (17, 17), (121, 121)])
 def test_encodable_frames(frames, expected):
-    assert common.encodable_frames(frames) == expected
+    assert encodable_frames(frames) == expected
 
 
 @pytest.mark.parametrize("bad,needle", [
@@ -95,7 +97,7 @@ def test_resize_keeps_aspect(mode):
     # a wide image with a white left half: crop keeps the centre, pad adds black bars top and bottom
     image = torch.zeros(1, 100, 400, 3)
     image[:, :, :200] = 1.0
-    out = (common.first_frame_input(image, 128, 64, mode)[:, :, 0].permute(0, 2, 3, 1) + 1) / 2  # back to [0, 1]
+    out = (first_frame_input(image, (128, 64), mode)[:, :, 0].permute(0, 2, 3, 1) + 1) / 2  # back to [0, 1]
     assert out.shape == (1, 64, 128, 3)
     if mode == "pad":
         assert out[0, 0].max() == 0 and out[0, -1].max() == 0  # letterbox rows
@@ -107,18 +109,18 @@ def test_resize_keeps_aspect(mode):
 @pytest.mark.parametrize("height,width", [(10, 7000), (7000, 10)])
 def test_pad_fits_extreme_aspect_ratios(height, width):
     """A 7000x10 image padded into 640x384 used to round its short side to 0 px."""
-    out = common.first_frame_input(torch.rand(1, height, width, 3), 640, 384, "pad")
+    out = first_frame_input(torch.rand(1, height, width, 3), (640, 384), "pad")
     assert out.shape == (1, 3, 1, 384, 640) and torch.isfinite(out).all()
 
 
 def test_resize_grayscale_and_rgba():
-    assert common.first_frame_input(torch.rand(1, 64, 64, 1), 64, 64, "crop").shape == (1, 3, 1, 64, 64)
-    assert common.first_frame_input(torch.rand(1, 64, 64, 4), 128, 64, "pad").shape == (1, 3, 1, 64, 128)
+    assert first_frame_input(torch.rand(1, 64, 64, 1), (64, 64), "crop").shape == (1, 3, 1, 64, 64)
+    assert first_frame_input(torch.rand(1, 64, 64, 4), (128, 64), "pad").shape == (1, 3, 1, 64, 128)
 
 
 def test_oom_retry_settings_shrink_to_a_floor():
     seq, settings = [], (0, 4)
     while settings is not None:
         seq.append(settings)
-        settings = common.smaller_settings(*settings)
+        settings = smaller_settings(*settings)
     assert seq == [(0, 4), (0, 1), (512, 1), (256, 1), (128, 1), (64, 1)]

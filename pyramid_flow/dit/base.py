@@ -3,11 +3,12 @@
 Shapes: B batch, Lt text tokens, N image tokens, D model width, P pooled text width, n position axes.
 """
 
-from typing import Callable, ClassVar, Dict, List, Mapping, Sequence, Tuple, Type
+from typing import Callable, ClassVar, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
 
+from ..attention import SDPA, AttentionBackend
 from .embeddings import TimestepTextEmbedding, rope_cos_sin
 from .layers import AdaLayerNormContinuous, Rope
 from .sequence import JointMask, joint_attention_mask, token_grid, unpatchify, with_text_positions
@@ -19,11 +20,13 @@ class PyramidDiT(nn.Module):
     Subclasses build their blocks and implement ``clip_positions`` (the image tokens' RoPE positions),
     ``embed_clips`` (the image tokens), ``run_blocks`` (which embeds the clips itself, so the embedded tokens live
     no longer than the first block needs them) and ``config_from_state_dict``; ``rope_axes`` lists the RoPE dims per position axis;
-    ``loader_overrides`` are the kwargs the official loader passes on top of config.json.
+    ``loader_overrides`` are the kwargs the official loader passes on top of config.json; ``inert_config_keys``
+    the official config.json keys that change nothing at inference (any other unknown key is reported on loading).
     """
 
     rope_axes: Sequence[int]
     loader_overrides: ClassVar[Dict] = {}
+    inert_config_keys: ClassVar[FrozenSet[str]] = frozenset()
 
     @classmethod
     def config_from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> Dict:
@@ -50,6 +53,8 @@ class PyramidDiT(nn.Module):
         self.patch_size = patch_size
         self.out_channels = out_channels
         self.use_temporal_causal = use_temporal_causal
+        self.attention_backend = SDPA  # the attention kernel of every call that does not pass one
+        self.text_dims = (joint_attention_dim, pooled_projection_dim)  # (T5 width, pooled width) of its text input
         kw = dict(dtype=dtype, device=device, operations=operations)
         self.time_text_embed = TimestepTextEmbedding(inner_dim, pooled_projection_dim, **kw)
         self.context_embedder = operations.Linear(joint_attention_dim, inner_dim, dtype=dtype, device=device)
@@ -76,18 +81,21 @@ class PyramidDiT(nn.Module):
         context_mask: torch.Tensor,
         pooled: torch.Tensor,
         timestep: torch.Tensor,
+        attention_backend: Optional[AttentionBackend] = None,
     ) -> torch.Tensor:
         """Velocity of the last clip.
 
         clips: [B, C, t_i, h_i, w_i] each, history first, the noisy clip last; context [B, Lt, D_text] (T5);
-        context_mask [B, Lt] (1 = real token); pooled [B, P]; timestep [B] on the 0-1000 scale.
+        context_mask [B, Lt] (1 = real token); pooled [B, P]; timestep [B] on the 0-1000 scale;
+        attention_backend: this call's attention kernel (default: the model's ``attention_backend``).
         Returns [B, C, t, h, w] for ``clips[-1]``.
         """
         temb = self.time_text_embed(timestep, pooled)  # [B, D]
         c = self.context_embedder(context)  # [B, Lt, D]
         positions = with_text_positions(self.clip_positions(clips), c.shape[1])  # [Lt+N, n]
         rope = rope_cos_sin(positions, self.rope_axes)
-        mask = joint_attention_mask(context_mask, positions[:, 0], self.use_temporal_causal)
+        mask = joint_attention_mask(context_mask, positions[:, 0], self.use_temporal_causal,
+                                    attention_backend or self.attention_backend)
         x = self.run_blocks(clips, c, temb, mask, rope)  # [B, N, D]
         grid = token_grid(clips[-1], self.patch_size)
         x = x[:, x.shape[1] - grid[0] * grid[1] * grid[2] :]  # tokens of the last clip

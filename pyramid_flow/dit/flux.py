@@ -100,6 +100,8 @@ class PyramidFluxDiT(PyramidDiT):
 
     # kwargs that the official build_pyramid_dit passes on top of config.json
     loader_overrides = {"use_temporal_causal": True, "interp_condition_pos": True, "axes_dims_rope": FLUX_ROPE_AXES}
+    inert_config_keys = frozenset({"_class_name", "_diffusers_version", "patch_size", "axes_dims_rope",
+                                   "interp_condition_pos", "use_flash_attn", "use_gradient_checkpointing"})
 
     @classmethod
     def config_from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> Dict:

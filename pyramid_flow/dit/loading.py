@@ -15,7 +15,8 @@ import torch
 from ..dtypes import check_model_dtype, compute_dtype, is_fp8
 from ..loading.detect import describe, dit_variant_name, identify_checkpoint
 from ..loading.state_dict import (CheckpointError, KeyLayout, Reader, StateDict, WeightSource, assign_weights,
-                                  ema_weight_file, read_json, stream_tensors)
+                                  ema_weight_file, read_json, report_unknown_config, stream_tensors)
+from ..attention import SDPA, AttentionBackend
 from .base import DIT_CLASSES, PyramidDiT
 
 # ComfyUI-style single files; the official training scripts' flat dict beside the VAE and the text encoders.
@@ -87,8 +88,8 @@ def dit_skeleton(variant: str, config: Mapping, dtype: torch.dtype = torch.float
 
 
 def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu", operations=None,
-             reader: Optional[Reader] = None, config: Optional[Mapping] = None,
-             ema: bool = False) -> Tuple[PyramidDiT, DiTInfo]:
+             reader: Optional[Reader] = None, config: Optional[Mapping] = None, ema: bool = False,
+             attention_backend: AttentionBackend = SDPA) -> Tuple[PyramidDiT, DiTInfo]:
     """Load a Pyramid Flow DiT.
 
     path: an official component folder (config.json + diffusion_pytorch_model.safetensors / .bin / sharded
@@ -105,6 +106,7 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu", operat
     ``pytorch_model_ema.bin`` beside it) and the flat dict whose DiT keys start with ``dit.`` (the VAE and text
     encoder keys beside them are skipped). ``config`` (config.json keys) describes the architecture when the
     path has no config.json of its own, e.g. the model folder's for a fine-tune; else it is read from the shapes.
+    ``attention_backend``: the model's attention kernel (see :mod:`pyramid_flow.attention`).
     """
     check_dtype(dtype, operations)
     if ema:
@@ -114,7 +116,9 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu", operat
     dit_class = DIT_CLASSES[variant]
     own = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
     config = dict(own or config or infer_config(variant, source.shapes(), path), **dit_class.loader_overrides)
+    report_unknown_config(config, dit_class, path)
     model = dit_skeleton(variant, config, compute_dtype(dtype), operations)
+    model.attention_backend = attention_backend
     stored = Counter()
 
     def cast(key: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -120,6 +120,8 @@ class PyramidMMDiT(PyramidDiT):
 
     # kwargs that the official build_pyramid_dit passes on top of config.json
     loader_overrides = {"use_temporal_causal": True, "interp_condition_pos": True}
+    inert_config_keys = frozenset({"_class_name", "_diffusers_version", "max_num_frames", "use_flash_attn",
+                                   "use_gradient_checkpointing"})
 
     @classmethod
     def config_from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> Dict:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..attention import attention, attention_takes_masks
+from ..attention import SDPA, AttentionBackend
 
 
 def token_grid(clip: torch.Tensor, patch_size: int):
@@ -91,23 +91,25 @@ class JointMask:
     segments: List[Tuple[int, int]]
     text_tokens: int
     text_lengths: List[int]
+    attention: AttentionBackend = SDPA  # the kernel of this call's attention
 
     @property
     def padded(self) -> bool:
         return any(n < self.text_tokens for n in self.text_lengths)
 
 
-def joint_attention_mask(context_mask: torch.Tensor, times: torch.Tensor, temporal_causal: bool = True) -> JointMask:
+def joint_attention_mask(context_mask: torch.Tensor, times: torch.Tensor, temporal_causal: bool = True,
+                         attention: AttentionBackend = SDPA) -> JointMask:
     """context_mask [B, Lt] (1 = real token, real tokens first); times [Lt+N] non-decreasing temporal ids (text at
-    0)."""
+    0); ``attention``: the kernel the call's attention runs on."""
     batch, text_tokens, length = context_mask.shape[0], context_mask.shape[1], times.shape[0]
     image = torch.ones(batch, length - text_tokens, dtype=torch.bool, device=context_mask.device)
     key_mask = torch.cat([context_mask.bool(), image], dim=1)[:, None, None]  # [B, 1, 1, L]
     text_lengths = context_mask.sum(dim=1).tolist()
     if not temporal_causal:
-        return JointMask(key_mask, [(0, length)], text_tokens, text_lengths)
+        return JointMask(key_mask, [(0, length)], text_tokens, text_lengths, attention)
     ends = torch.unique_consecutive(times, return_counts=True)[1].cumsum(0).tolist()
-    return JointMask(key_mask, list(zip([0] + ends[:-1], ends)), text_tokens, text_lengths)
+    return JointMask(key_mask, list(zip([0] + ends[:-1], ends)), text_tokens, text_lengths, attention)
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask,
@@ -122,21 +124,22 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Jo
     """
     if out is None:
         out = q.new_empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1]).transpose(1, 2)
+    attention = mask.attention
     if not mask.padded:
-        _prefix_attention(q, k, v, mask.segments, out)
-    elif attention_takes_masks():
+        _prefix_attention(attention, q, k, v, mask.segments, out)
+    elif attention.supports_mask:
         for start, end in mask.segments:
             out[:, :, start:end] = attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask.key_mask[..., :end])
     else:
         for b, real in enumerate(mask.text_lengths):
             keep = torch.cat([torch.arange(real), torch.arange(mask.text_tokens, k.shape[2])]).to(k.device)
             segments = [(start, end - (mask.text_tokens - real)) for start, end in mask.segments]  # ends in kept keys
-            _prefix_attention(q[b : b + 1], k[b : b + 1, :, keep], v[b : b + 1, :, keep], segments, out[b : b + 1],
-                              queries=mask.segments)
+            _prefix_attention(attention, q[b : b + 1], k[b : b + 1, :, keep], v[b : b + 1, :, keep], segments,
+                              out[b : b + 1], queries=mask.segments)
     return out
 
 
-def _prefix_attention(q, k, v, key_segments, out: torch.Tensor, queries=None) -> None:
+def _prefix_attention(attention: AttentionBackend, q, k, v, key_segments, out: torch.Tensor, queries=None) -> None:
     """Mask-free, into ``out``: the queries of each segment (``queries``, default the segments) against
     keys[:segment end]."""
     for (qs, qe), (_, ke) in zip(queries or key_segments, key_segments):

@@ -6,8 +6,10 @@ model built on the ``meta`` device: peak memory is the loaded model plus one ten
 """
 
 import argparse
+import inspect
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -279,6 +281,16 @@ def assign_weights(model: torch.nn.Module, state_dict: StateDict, path: str, wha
             "belongs to these weights, or remove it to infer the config from the weights."
         ) from err
     return model.eval().requires_grad_(False)
+
+
+def report_unknown_config(config: Mapping, model_class: type, path: str) -> None:
+    """Warn, naming them, about config.json keys that ``model_class`` neither takes nor knows to be without effect at
+    inference (its ``inert_config_keys``): a setting that would silently change nothing."""
+    taken = set(inspect.signature(model_class.__init__).parameters)
+    unknown = sorted(set(config) - taken - set(getattr(model_class, "inert_config_keys", ())))
+    if unknown:
+        warnings.warn(f"'{path}': config.json keys {unknown} are unknown to {model_class.__name__} and have no effect. "
+                      "Check that the config belongs to a Pyramid Flow model of this version.", stacklevel=3)
 
 
 def read_json(path: str) -> Optional[dict]:

@@ -11,12 +11,14 @@ negative prompt stays one prompt for the whole video.
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
 from ..latents import unit_at_seconds
 from .embeddings import TextEmbeddings
+
+T = TypeVar("T")  # what a schedule entry carries: a prompt, or its embeddings
 
 _ENTRY = re.compile(r"(?:^|\n|\s/\s)\s*(\d+(?:\.\d+)?)\s*s?\s*:")
 
@@ -40,27 +42,28 @@ def parse_prompt_schedule(text: str) -> List[Tuple[float, str]]:
     return entries
 
 
-def schedule_units(entries: Sequence[Tuple[float, str]], num_units: int) -> List[Tuple[int, str]]:
-    """(seconds, prompt) entries -> (first unit, prompt), checked: starts at 0 s, strictly increasing, at most one
-    entry per unit. Entries at or after the end of a video of ``num_units`` latent frames are dropped."""
+def check_schedule(entries: Sequence[Tuple[float, object]]) -> None:
+    """Raise for a schedule that cannot be followed: empty, not starting at 0 s, times not increasing, or two
+    entries in one latent frame (1/3 s)."""
     if not entries:
         raise ValueError("Prompt schedule is empty: give at least '0: <prompt>'.")
     if entries[0][0] != 0:
         raise ValueError(f"Prompt schedule starts at {entries[0][0]:g} s: add an entry for 0 s ('0: <prompt>').")
-    units: List[Tuple[int, str]] = []
-    for (seconds, prompt), previous in zip(entries, [None] + list(entries[:-1])):
-        unit = unit_at_seconds(seconds)
-        if previous is not None:
-            if seconds <= previous[0]:
-                raise ValueError(f"Prompt schedule times must increase: {seconds:g} s comes after {previous[0]:g} s.")
-            if unit == units[-1][0]:
-                raise ValueError(
-                    f"Prompt schedule entries at {previous[0]:g} s and {seconds:g} s fall in the same latent frame "
-                    f"(unit {unit}, 1/3 s long); space them further apart."
-                )
-        if unit < num_units:
-            units.append((unit, prompt))
-    return units
+    for (seconds, _), (before, _) in zip(entries[1:], entries[:-1]):
+        if seconds <= before:
+            raise ValueError(f"Prompt schedule times must increase: {seconds:g} s comes after {before:g} s.")
+        if unit_at_seconds(seconds) == unit_at_seconds(before):
+            raise ValueError(
+                f"Prompt schedule entries at {before:g} s and {seconds:g} s fall in the same latent frame "
+                f"(unit {unit_at_seconds(seconds)}, 1/3 s long); space them further apart."
+            )
+
+
+def schedule_units(entries: Sequence[Tuple[float, T]], num_units: int) -> List[Tuple[int, T]]:
+    """(seconds, prompt) entries -> (first unit, prompt), checked by :func:`check_schedule`. Entries at or after
+    the end of a video of ``num_units`` latent frames are dropped."""
+    check_schedule(entries)
+    return [(unit_at_seconds(seconds), prompt) for seconds, prompt in entries if unit_at_seconds(seconds) < num_units]
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,6 @@ class PromptSchedule:
     @classmethod
     def of(cls, cond: "TextEmbeddings | PromptSchedule") -> "PromptSchedule":
         return cond if isinstance(cond, PromptSchedule) else cls.constant(cond)
-
-    @classmethod
-    def from_texts(cls, units: Sequence[Tuple[int, str]], embeddings: Dict[str, TextEmbeddings]) -> "PromptSchedule":
-        """From (first unit, prompt) pairs and the embeddings of each distinct prompt (each encoded once)."""
-        return cls(tuple((unit, embeddings[text]) for unit, text in units))
 
     def at(self, unit: int) -> TextEmbeddings:
         chosen = self.entries[0][1]

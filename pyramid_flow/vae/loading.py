@@ -13,7 +13,7 @@ import torch
 from ..dtypes import check_model_dtype
 from ..loading.detect import describe, dit_variant_name, identify_checkpoint
 from ..loading.state_dict import (CheckpointError, KeyLayout, Reader, StateDict, WeightSource, assign_weights, read_json,
-                                  stream_tensors)
+                                  report_unknown_config, stream_tensors)
 from .model import CausalVideoVAE
 
 # Single files under a wrapper; train_video_vae.py's model, which holds the VAE beside its loss (LPIPS, discriminator).
@@ -98,6 +98,7 @@ def load_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu", operat
     check_vae_keys(source.keys(), path)
     own = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
     config = own or config or infer_config(source.shapes(), path)
+    report_unknown_config(config, CausalVideoVAE, path)
     model = CausalVideoVAE(**config, dtype=dtype, device="meta", operations=operations)
     storage = {key: tensor.dtype for key, tensor in model.state_dict().items()}
 

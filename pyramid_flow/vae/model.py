@@ -114,7 +114,14 @@ class CausalVideoVAE(nn.Module):
       decoder_norm_num_groups (32);
     - downsample_scale (8): used by the tiling arithmetic, as in the official code;
     - encoder/decoder block types must be the causal ones and ``interpolate`` False (the only ones that exist).
+
+    ``inert_config_keys`` lists the official keys without effect at inference; any other key is reported on
+    loading.
     """
+
+    inert_config_keys = frozenset({"_class_name", "_diffusers_version", "add_post_quant_conv", "decoder_act_fn",
+                                   "decoder_block_dropout", "decoder_type", "encoder_act_fn", "encoder_block_dropout",
+                                   "encoder_double_z", "encoder_type", "sample_size", "scaling_factor"})
 
     def __init__(
         self,

@@ -222,14 +222,14 @@ def test_core_conditioning_is_rejected_with_a_clear_message(comfy_env):
 def test_interrupt_inside_a_unit(comfy_env, monkeypatch):
     import comfy.model_management as mm
 
-    from pyramid_flow_pack.nodes import sampling as sampler_mod
+    from pyramid_flow_pack.nodes import runtime
 
     dit, _ = _load_models(comfy_env)
     seen = []
-    original = sampler_mod.make_step_callback
+    original = runtime.step_callback
 
-    def interrupting(total, device):
-        callback = original(total, device)
+    def interrupting(device):
+        callback = original(device)
 
         def wrapped(info):
             seen.append(info.done)
@@ -239,7 +239,7 @@ def test_interrupt_inside_a_unit(comfy_env, monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(sampler_mod, "make_step_callback", interrupting)
+    monkeypatch.setattr(runtime, "step_callback", interrupting)
     with pytest.raises(mm.InterruptProcessingException):
         _sample(comfy_env, dit)
     assert seen == [1, 2]
@@ -415,15 +415,18 @@ def test_prompt_schedule_conditions_by_time(comfy_env):
     from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoSampler
     from pyramid_flow_pack.nodes.types import START_SECONDS_KEY
 
-    positive, negative = _text("0: a red fox / 0.5: a blue fox / 0.6: a red fox")
-    assert [entry[1][START_SECONDS_KEY] for entry in positive] == [0.0, 0.5, 0.6] and len(negative) == 1
+    positive, negative = _text("0: a red fox / 0.5: a blue fox / 1: a red fox")
+    assert [entry[1][START_SECONDS_KEY] for entry in positive] == [0.0, 0.5, 1.0] and len(negative) == 1
     assert torch.equal(positive[0][0], positive[2][0]) and not torch.equal(positive[0][0], positive[1][0])
     dit, _ = _load_models(comfy_env)
     latent, frames = PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive[:2], negative=negative,
                                                              duration_seconds=0.7)).result
     assert frames == 17 and torch.isfinite(latent["samples"]).all()
-    with pytest.raises(ValueError, match="same latent frame"):  # 0.5 s and 0.6 s both fall in unit 2
-        PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive, negative=negative,
+    with pytest.raises(ValueError, match="same latent frame"):  # 0.5 s and 0.6 s both fall in unit 2: refused
+        _text("0: a red fox / 0.5: a blue fox / 0.6: a red fox")  # by the schedule node, before any encoding
+    same_frame = positive[:2] + [[positive[2][0], {**positive[2][1], START_SECONDS_KEY: 0.6}]]
+    with pytest.raises(ValueError, match="same latent frame"):  # and by the sampler, whoever built the list
+        PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=same_frame, negative=negative,
                                                duration_seconds=0.7))
 
 
@@ -444,12 +447,10 @@ def test_text_to_image_with_the_image_dit(comfy_env):
 
 @pytest.mark.parametrize("backend", ["attention_pytorch", "attention_split"])
 def test_comfyui_attention_backends_give_the_same_video(comfy_env, monkeypatch, backend):
-    """The sampler routes attention through ComfyUI's optimized_attention (what --use-sage-attention and friends
-    select). SDPA gets the key-padding mask; any other backend is called without one (per batch row, padded text
+    """A DiT loaded by the pack runs attention through ComfyUI's optimized_attention (what --use-sage-attention and
+    friends select). SDPA gets the key-padding mask; any other backend is called without one (per batch row, padded text
     keys left out): the latents agree within float rounding."""
     import comfy.ldm.modules.attention as comfy_attention
-
-    import pyramid_flow_pack.pyramid_flow.attention as pf_attention
 
     dit, _ = _load_models(comfy_env)
     reference = _sample(comfy_env, dit)[0]["samples"]
@@ -464,8 +465,8 @@ def test_comfyui_attention_backends_give_the_same_video(comfy_env, monkeypatch, 
     monkeypatch.setattr(comfy_attention, "optimized_attention", spy)
     if backend == "attention_pytorch":
         monkeypatch.setattr(comfy_attention, "attention_pytorch", spy)
+    dit, _ = _load_models(comfy_env)  # the backend is the model's, chosen when it loads
     latent = _sample(comfy_env, dit)[0]["samples"]
-    pf_attention.set_attention_function(None)
     assert calls and (any(calls) if backend == "attention_pytorch" else not any(calls))
     torch.testing.assert_close(latent, reference, rtol=1e-4, atol=1e-4)
 

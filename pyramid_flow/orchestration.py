@@ -1,0 +1,272 @@
+"""The steps of one run, each written once and called by both the command line (through
+:class:`~pyramid_flow.pipeline.PyramidFlowPipeline`) and the ComfyUI nodes: check the request, encode the prompts
+(or a prompt schedule), build the noise and the sampler and sample, turn frames into history, and encode and
+decode with the VAE.
+
+A step that runs a model takes its :class:`~pyramid_flow.placement.Placement` (how the model reaches its device,
+asked with the memory model's estimate) and a progress callback, which may raise to interrupt. The callers keep
+only their own types, placement and user interface.
+
+Frames are float [F, H, W, 3] in [0, 1] (ComfyUI's IMAGE layout); latents are normalised (the DiT's space) unless
+a name says VAE space. B batch, T latent frames, h/w latent height and width.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .dit.compile import compiled_blocks
+from .image import ImageLike, first_frame_input, resize_to
+from .latents import (LATENT_CHANNELS, RESOLUTION_MULTIPLE, check_resolution, check_temp, frames_for_temp,
+                      normalize, pixel_size, resolution_warning, temp_for_frames)
+from .memory import decode_memory, dit_memory, encode_memory, vae_dtype
+from .noise import NoiseSource, make_noise
+from .placement import OUT_OF_MEMORY, Placement
+from .sampler import Conditioning, PyramidSampler, StepCallback, Steps
+from .scheduler import PyramidFlowScheduler
+from .text import PromptSchedule, TextEmbeddings, effective_prompts, parse_prompt_schedule, schedule_units
+from .text.schedule import check_schedule
+from .vae import ENCODE_TILE
+
+log = logging.getLogger("pyramid_flow")
+
+Noise = Union[str, NoiseSource, None]  # "default", "official", or a source; None = "default"
+ScheduleLike = Union[str, Sequence[Tuple[float, str]]]  # "0: a / 4: b" or [(0.0, "a"), (4.0, "b")]
+TimedEmbeddings = List[Tuple[float, TextEmbeddings]]  # (start in seconds, positive embeddings), the first at 0 s
+VaeProgress = Optional[Callable[[int, int], None]]  # callback(done, total) after each VAE piece
+HISTORY_ENCODE_WINDOW = 2  # latent frames per chunk when a video is encoded to be continued (official: 16 frames)
+
+
+# --- the request ---------------------------------------------------------------------------------------------
+
+
+def check_request(width: int, height: int, latent_frames: int, checkpoint: Optional[str]) -> Optional[str]:
+    """Raise before any heavy work on a size or length that cannot be made; return the warning for one that
+    ``checkpoint`` ('384p', '768p', 'image', None) was not trained on (None when it was)."""
+    check_resolution(width, height)
+    check_temp(latent_frames, checkpoint)
+    return resolution_warning(width, height, latent_frames, checkpoint)
+
+
+# --- text ----------------------------------------------------------------------------------------------------
+
+
+def encode_prompts(encode: Callable[[List[str]], TextEmbeddings], prompt: Union[str, Sequence[str], None],
+                   negative_prompt: Optional[str], prompt_schedule: Optional[ScheduleLike] = None,
+                   add_suffix: bool = True) -> Tuple[TimedEmbeddings, TextEmbeddings]:
+    """(timed positive embeddings, negative embeddings). ``encode`` turns texts into one batch of embeddings.
+
+    One prompt (or a batch of prompts) starts at 0 s. A ``prompt_schedule`` replaces it: its times are checked
+    here, before any encoding, and each distinct prompt is encoded once. The official suffix goes on positive
+    prompts only; a None negative prompt is ''.
+    """
+    if prompt_schedule is None:
+        prompts, negatives = effective_prompts(prompt, negative_prompt, add_suffix)
+        return [(0.0, encode(prompts))], encode(negatives)
+    entries = parse_prompt_schedule(prompt_schedule) if isinstance(prompt_schedule, str) else list(prompt_schedule)
+    check_schedule(entries)
+    texts = list(dict.fromkeys(text for _, text in entries))
+    prompts, negatives = effective_prompts(texts, negative_prompt, add_suffix)
+    by_text = {text: encode([effective]) for text, effective in zip(texts, prompts)}
+    return [(seconds, by_text[text]) for seconds, text in entries], encode(negatives[:1])
+
+
+def timed_conditioning(entries: TimedEmbeddings, latent_frames: int) -> Conditioning:
+    """The sampler's positive conditioning for a video of ``latent_frames``: the embeddings of a single prompt, or a
+    :class:`PromptSchedule` switching at the latent frame that holds each time (entries at or after the end of the
+    video are dropped)."""
+    if len(entries) == 1:
+        return entries[0][1]
+    units = schedule_units([(seconds, index) for index, (seconds, _) in enumerate(entries)], latent_frames)
+    return PromptSchedule(tuple((unit, entries[index][1]) for unit, index in units))
+
+
+# --- sampling ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a run samples: steps per pyramid stage, guidance, the noise and the history window."""
+
+    first_frame_steps: Steps = (20, 20, 20)  # the first frame of text-to-video
+    video_steps: Steps = (10, 10, 10)  # every later frame (all generated frames of image-to-video and extension)
+    guidance_scale: float = 7.0  # CFG of the first frame; 0 turns CFG off (no negative pass) for the whole run
+    video_guidance_scale: float = 5.0
+    seed: int = 0
+    noise: Noise = None
+    history_window: Optional[int] = None  # None: the whole history (official)
+
+
+def make_sampler(dit: torch.nn.Module, device: torch.device, dtype: torch.dtype, settings: SamplingSettings,
+                 callback: Optional[StepCallback] = None,
+                 scheduler: Optional[PyramidFlowScheduler] = None) -> PyramidSampler:
+    """The sampler of a run, with its noise source: ``settings.noise`` itself when it is a source, else the one
+    registered under its name, for ``settings.seed``."""
+    scheduler = scheduler or PyramidFlowScheduler()
+    noise = settings.noise
+    if noise is None or isinstance(noise, str):
+        noise = make_noise(noise or "default", settings.seed, gamma=scheduler.gamma, device=device)
+    return PyramidSampler(dit, noise, device, dtype, scheduler, callback)
+
+
+def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbeddings], settings: SamplingSettings, *,
+           latent_frames: int, dtype: torch.dtype, size: Optional[Tuple[int, int]] = None,
+           image_moments: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None, variant=None,
+           callback: Optional[StepCallback] = None, compile_options: Optional[Mapping] = None,
+           scheduler: Optional[PyramidFlowScheduler] = None) -> torch.Tensor:
+    """Sample a video of ``latent_frames`` on the placed DiT -> normalised latents [B, 16, latent_frames, h, w].
+
+    Text-to-video from nothing (``size`` = (height, width) in pixels); image-to-video from ``image_moments``, the
+    first frame's VAE moments [B, 32, 1, h, w] (the sampler draws their posterior sample, normalised for
+    ``variant``); or the continuation of ``history``, normalised latents [B, 16, T0, h, w]. ``dtype``: the compute
+    dtype; ``compile_options``: torch.compile kwargs for the DiT blocks (None: eager).
+    """
+    start = image_moments if image_moments is not None else history
+    height, width = size if start is None else pixel_size(start)
+    batch = PromptSchedule.of(cond).batch * (2 if settings.guidance_scale > 0 else 1)  # CFG doubles the batch
+    memory = dit_memory(placement.module, height, width, latent_frames - 1, batch, dtype, settings.history_window)
+    guidance = dict(guidance_scale=settings.guidance_scale, video_guidance_scale=settings.video_guidance_scale,
+                    history_window=settings.history_window)
+    with placement.loaded(memory) as dit, compiled_blocks(dit, compile_options):
+        sampler = make_sampler(dit, placement.device, dtype, settings, callback, scheduler)
+        if image_moments is not None:
+            return sampler.image_to_video(cond, uncond, image_moments=image_moments, variant=variant,
+                                          temp=latent_frames, steps=settings.video_steps, **guidance)
+        if history is not None:
+            return sampler.extend(cond, uncond, history=history, units=latent_frames - history.shape[2],
+                                  steps=settings.video_steps, **guidance)
+        return sampler.text_to_video(cond, uncond, height=height, width=width, temp=latent_frames,
+                                     first_frame_steps=settings.first_frame_steps, video_steps=settings.video_steps,
+                                     **guidance)
+
+
+# --- VAE -----------------------------------------------------------------------------------------------------
+
+MIN_TILE = 64  # the smallest tile an out-of-memory retry goes down to
+
+
+def smaller_settings(tile: int, window: int) -> Optional[Tuple[int, int]]:
+    """VAE settings to retry with after out-of-memory: temporal window 1 first, then halve the tile (0 = untiled
+    starts at 512) down to 64; None when nothing smaller is left."""
+    if window > 1:
+        return tile, 1
+    if not tile:
+        return 512, 1
+    if tile > MIN_TILE:
+        return max(MIN_TILE, tile // 2), 1
+    return None
+
+
+def with_oom_retry(placement: Placement, run: Callable[[int, int], torch.Tensor], tile: int, window: int,
+                   what: str) -> torch.Tensor:
+    """``run(tile, window)``; on out-of-memory the cache is freed and it runs again with smaller settings."""
+    while True:
+        try:
+            return run(tile, window)
+        except OUT_OF_MEMORY:
+            placement.free_cache()
+            smaller = smaller_settings(tile, window)
+            if smaller is None:
+                raise
+            log.warning("Pyramid Flow %s ran out of memory at tile %s, window %s; retrying with tile %s, window %s",
+                        what, tile, window, *smaller)
+            tile, window = smaller
+
+
+def encode_video(placement: Placement, video: torch.Tensor, tile: int = ENCODE_TILE, window: int = 2,
+                 tile_overlap: float = 0.25, callback: VaeProgress = None, what: str = "VAE encode") -> torch.Tensor:
+    """VAE input [B, 3, F, H, W] in [-1, 1] (F = 1 + 8k) -> moments [B, 32, T, H/8, W/8] (mean ‖ logvar).
+
+    ``tile``: spatial tile in pixels (0: whole frames); ``window``: latent frames per temporal chunk. Smaller
+    settings are tried after an out-of-memory error.
+    """
+    memory = encode_memory(placement.module, tuple(video.shape), window, tile or None, tile_overlap)
+    with placement.loaded(memory) as vae:
+        video = video.to(device=placement.device, dtype=vae_dtype(vae))
+
+        def run(tile: int, window: int) -> torch.Tensor:
+            with torch.no_grad():
+                return vae.encode(video, temporal_chunk=video.shape[2] > 1, window_size=window,
+                                  tile_sample_min_size=tile or None, tile_overlap=tile_overlap, callback=callback)
+
+        return with_oom_retry(placement, run, tile, window, what)
+
+
+def decode_video(placement: Placement, latent: torch.Tensor, tile: int, window: int, tile_overlap: float = 0.25,
+                 callback: VaeProgress = None, output_device: Optional[torch.device] = None) -> torch.Tensor:
+    """VAE-space latent [B, 16, T, h, w] -> video [B, 3, 8T - 7, 8h, 8w] in about [-1, 1], in the VAE's dtype.
+
+    ``tile``: spatial tile in pixels (0: whole frames); ``window``: latent frames per temporal chunk;
+    ``output_device``: where the video is assembled (default: the VAE's device), so that a GPU can hold one tile
+    at a time. Smaller settings are tried after an out-of-memory error.
+    """
+    on_device = output_device is None or torch.device(output_device) == placement.device
+    memory = decode_memory(placement.module, tuple(latent.shape), window, tile or None, tile_overlap,
+                           output_on_device=on_device)
+    with placement.loaded(memory) as vae:
+        latent = latent.to(device=placement.device, dtype=vae_dtype(vae))
+
+        def run(tile: int, window: int) -> torch.Tensor:
+            with torch.no_grad():
+                return vae.decode(latent, temporal_chunk=True, window_size=window, tile_sample_min_size=tile or None,
+                                  tile_overlap=tile_overlap, callback=callback, output_device=output_device)
+
+        return with_oom_retry(placement, run, tile, window, "VAE decode")
+
+
+def encode_first_frame(placement: Placement, image: ImageLike, size: Optional[Tuple[int, int]] = None,
+                       resize_mode: str = "crop", callback: VaeProgress = None) -> torch.Tensor:
+    """The first frame of image-to-video -> its VAE moments [1, 32, 1, H/8, W/8], encoded as the official app does
+    (PIL LANCZOS resize to ``size`` = (width, height) keeping the aspect, uint8 -> [-1, 1], tile 256)."""
+    video = first_frame_input(image, size, resize_mode)
+    check_resolution(video.shape[-1], video.shape[-2], None if size else "the image")
+    return encode_video(placement, video, ENCODE_TILE, 1, callback=callback, what="image-to-video encode")
+
+
+def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
+    """Frames [F, H, W, C] in [0, 1] -> VAE input [1, 3, F, H, W] in [-1, 1] (alpha dropped)."""
+    return frames[..., :3].float().permute(3, 0, 1, 2).unsqueeze(0) * 2.0 - 1.0
+
+
+def encodable_frames(num_frames: int) -> int:
+    """The causal VAE encodes 1 + 8k frames: the largest such count <= num_frames."""
+    return frames_for_temp(temp_for_frames(num_frames))
+
+
+def centre_crop(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Frames [F, H, W, C] cut to [F, height, width, C] around their centre (no resampling)."""
+    top, left = (frames.shape[1] - height) // 2, (frames.shape[2] - width) // 2
+    return frames[:, top : top + height, left : left + width]
+
+
+def fit_frames(frames: torch.Tensor, size: Optional[Tuple[int, int]] = None,
+               source: str = "the video") -> Tuple[torch.Tensor, Optional[str]]:
+    """A video to continue, as frames that can be encoded: the first 1 + 8k frames, resized to ``size`` = (width,
+    height) keeping the aspect (centre crop), or without ``size`` centre-cropped to multiples of 64. Returns the
+    frames and a note of what changed (None when nothing did); ``source`` names the frames in a size error."""
+    count = encodable_frames(frames.shape[0])
+    height, width = frames.shape[1:3]
+    if size is not None:
+        width, height = size
+        fitted = torch.stack([torch.from_numpy(np.array(resize_to(frame, width, height)))
+                              for frame in frames[:count]]).float() / 255
+    else:
+        height, width = height // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE, width // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE
+        fitted = centre_crop(frames[:count], width, height)
+    check_resolution(width, height, source)
+    if count == frames.shape[0] and (height, width) == tuple(frames.shape[1:3]):
+        return fitted, None
+    how = "resized" if size is not None else "centre-cropped"
+    return fitted, (f"Using {count} of {frames.shape[0]} frames (the causal VAE encodes 1 + 8k) at {width}x{height} "
+                    f"({how} from {frames.shape[2]}x{frames.shape[1]}).")
+
+
+def frames_to_history(placement: Placement, frames: torch.Tensor, variant, callback: VaeProgress = None) -> torch.Tensor:
+    """Frames [F, H, W, 3] in [0, 1] that :func:`fit_frames` returned -> normalised latents [1, 16, T, h, w]
+    (the posterior mean), the history to continue."""
+    moments = encode_video(placement, frames_to_video(frames), ENCODE_TILE, HISTORY_ENCODE_WINDOW, callback=callback,
+                           what="video encode")
+    return normalize(moments[:, :LATENT_CHANNELS].float(), variant)
