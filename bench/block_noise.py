@@ -1,6 +1,6 @@
 """Block noise at 768p sizes: the vectorised draw vs the official per-block MultivariateNormal loop.
 
-Run: .venv/bin/python bench/block_noise.py   (prints a Markdown table; ratios are measured in one run)
+Run: .venv/bin/python -m bench.block_noise   (prints a Markdown table; ratios are measured in one run)
 """
 
 import time

@@ -10,7 +10,7 @@
    time, and the difference from the save_memory output (max |diff| on the [-1, 1] video, PSNR of the 8-bit
    frames). The window changes only float rounding; the tile changes where tiles are blended.
 
-Run: PYTHONPATH=. .venv/bin/python bench/decode_flops.py [--frames 1 3] [--size 32] [--threads 2]
+Run: .venv/bin/python -m bench.decode_flops [--frames 1 3] [--size 32] [--threads 2]
 """
 
 import argparse
@@ -23,6 +23,8 @@ from pyramid_flow.testing.tiny import with_random_weights
 from pyramid_flow.vae import CausalVideoVAE
 from pyramid_flow.latents import to_uint8
 from pyramid_flow.vae.model import FAST_DECODE, SAVE_MEMORY_DECODE, DecodeSettings
+
+from .measure import psnr_uint8
 
 
 def matmul_ceiling(repeats: int = 3) -> float:
@@ -65,11 +67,6 @@ def timed_decode(vae, latent: torch.Tensor, settings: DecodeSettings):
         return video, time.perf_counter() - start
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (to_uint8(a).float() - to_uint8(b).float()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(255.0**2 / mse)).item()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[1, 3], help="latent frames per case")
@@ -106,7 +103,7 @@ def main() -> None:
                            ("official fast (tile 512, window 2)", FAST_DECODE), ("untiled, window 4", untiled)]:
         video, seconds = timed_decode(vae, latent, settings)
         print(f"| {name} | {seconds:.2f} | {base / seconds:.2f}x | {(video - exact).abs().max().item():.2e} | "
-              f"{psnr(video, exact):.1f} |")
+              f"{psnr_uint8(to_uint8(video), to_uint8(exact)):.1f} |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ sampler calls it at stage 2 (full resolution, CFG batch 2): for unit 1 (one hist
 last unit of a 5 s video, the longest history). Each configuration runs in a fresh process so its peak RSS is
 its own.
 
-Run: PYTHONPATH=. .venv/bin/python bench/dit_step.py
+Run: .venv/bin/python -m bench.dit_step
 """
 
 import json
@@ -76,7 +76,8 @@ def main() -> None:
     for unit in (1, 15):
         runs = {}
         for mode in ("dense", "prefix"):
-            out = subprocess.run([sys.executable, __file__, str(unit), mode], capture_output=True, text=True, check=True).stdout
+            out = subprocess.run([sys.executable, "-m", "bench.dit_step", str(unit), mode], capture_output=True, text=True,
+                                 check=True).stdout
             runs[mode] = json.loads(out.strip().splitlines()[-1])
         d, p = runs["dense"], runs["prefix"]
         print(f"| {unit} | {p['tokens']} | {d['seconds']:.2f} s | {p['seconds']:.2f} s | {d['seconds'] / p['seconds']:.2f}x "

@@ -9,29 +9,24 @@ the latents' RMS, and the PSNR of the decoded uint8 frames against the fp32 run.
 The golden checkpoints are tiny random-weight models, so the numbers show the size of the effect, not the visual
 quality of the released checkpoints.
 
-Run: PYTHONPATH=. .venv/bin/python bench/fp8_drift.py [--out docs/fp8_drift.md]
+Run: .venv/bin/python -m bench.fp8_drift [--out docs/fp8_drift.md]
 """
 
 import argparse
 import copy
 import json
-import math
-import os
-import sys
 from typing import Dict, List, Optional
 
 import torch
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+from pyramid_flow import latents as latent_utils
+from pyramid_flow.dit.loading import target_dtype
+from pyramid_flow.dtypes import FP8_DTYPES
+from pyramid_flow.pipeline import PyramidFlowPipeline
+from pyramid_flow.testing.golden import case_file, checkpoint_root, read_manifest, replay_noise, tensors
 
-from golden import checkpoint_root, golden_root, manifest, replay_noise, tensors, variant_info  # noqa: E402
-from pyramid_flow import latents as latent_utils  # noqa: E402
-from pyramid_flow.dit.loading import target_dtype  # noqa: E402
-from pyramid_flow.dtypes import FP8_DTYPES  # noqa: E402
-from pyramid_flow.pipeline import PyramidFlowPipeline  # noqa: E402
+from .measure import psnr_uint8
 
 
 def fp8_round_trip(pipe: PyramidFlowPipeline, fp8: torch.dtype) -> PyramidFlowPipeline:
@@ -48,7 +43,7 @@ def fp8_round_trip(pipe: PyramidFlowPipeline, fp8: torch.dtype) -> PyramidFlowPi
 def run_case(pipe: PyramidFlowPipeline, case: dict, recorded: dict) -> Dict[str, torch.Tensor]:
     kwargs = dict(case["kwargs"], noise=replay_noise(case, recorded), output_type="latent")
     if "input_image" in kwargs:
-        kwargs["input_image"] = Image.open(os.path.join(golden_root(), "cases", case["image_png"])).convert("RGB")
+        kwargs["input_image"] = Image.open(case_file(case["image_png"])).convert("RGB")
         latents = pipe.generate_i2v(**kwargs)
     else:
         latents = pipe.generate(**kwargs)
@@ -60,18 +55,13 @@ def relative_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).pow(2).mean().sqrt() / expected.pow(2).mean().sqrt()).item()
 
 
-def psnr(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    mse = (actual.double() - expected.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 def measure() -> List[dict]:
     rows = []
-    for case in manifest()["cases"]:
+    for case in read_manifest()["cases"]:
         if case["name"].split("/")[-1] not in ("t2v", "i2v"):
             continue
         recorded = tensors(case["file"])
-        folder = variant_info(case["variant"])["dit_folder"]
+        folder = read_manifest()["variants"][case["variant"]]["dit_folder"]
         runs, pipes = {}, {}
         for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             pipes[label] = PyramidFlowPipeline.from_pretrained(checkpoint_root(case["variant"]), dit_folder=folder,
@@ -86,7 +76,7 @@ def measure() -> List[dict]:
             rows.append({"case": case["name"], "weights": label,
                          "latent_vs_fp32": relative_rms(run["latents"], reference["latents"]),
                          "latent_vs_bf16": relative_rms(run["latents"], bf16["latents"]),
-                         "psnr_vs_fp32": psnr(run["frames"], reference["frames"])})
+                         "psnr_vs_fp32": psnr_uint8(run["frames"], reference["frames"])})
         print(json.dumps(rows[-len(runs) + 1:]), flush=True)
     return rows
 

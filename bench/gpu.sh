@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
 export PYTHONUNBUFFERED=1
-exec timeout 480 "$PYTHON" bench/gpu_check.py "$@"
+exec timeout 480 "$PYTHON" -m bench.gpu_check "$@"

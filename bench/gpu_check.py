@@ -31,18 +31,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pyramid_flow.attention import sdpa_attention  # noqa: E402
-from pyramid_flow.dit.loading import dit_skeleton  # noqa: E402
-from pyramid_flow.latents import LATENT_CHANNELS, SPATIAL_SCALE, frames_for_temp, temp_for_seconds  # noqa: E402
-from pyramid_flow.noise import SeededNoise  # noqa: E402
-from pyramid_flow.history import max_sequence_length  # noqa: E402
-from pyramid_flow.memory import decode_memory, dit_memory  # noqa: E402
-from pyramid_flow.sampler import PyramidSampler, StepInfo  # noqa: E402
-from pyramid_flow.testing.tiny import TINY_DIT, tiny_vae_config, with_random_weights  # noqa: E402
-from pyramid_flow.text.embeddings import TEXT_TOKENS, TextEmbeddings  # noqa: E402
-from pyramid_flow.vae import SAVE_MEMORY_DECODE, CausalVideoVAE  # noqa: E402
+from pyramid_flow.attention import sdpa_attention
+from pyramid_flow.dit.loading import dit_skeleton
+from pyramid_flow.latents import LATENT_CHANNELS, SPATIAL_SCALE, frames_for_temp, temp_for_seconds
+from pyramid_flow.noise import SeededNoise
+from pyramid_flow.history import max_sequence_length
+from pyramid_flow.memory import decode_memory, dit_memory
+from pyramid_flow.sampler import PyramidSampler, StepInfo
+from pyramid_flow.testing.tiny import TINY_DIT, tiny_vae_config, with_random_weights
+from pyramid_flow.text.embeddings import TEXT_TOKENS, TextEmbeddings
+from pyramid_flow.vae import SAVE_MEMORY_DECODE, CausalVideoVAE
 
 GIB = 2**30
 TOLERANCE = 0.20  # the memory model must land within +-20% of the measured peak

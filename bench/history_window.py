@@ -9,12 +9,11 @@
    |latent difference| against the whole-history run, relative to the run's largest |latent|. This states what
    the window changes; it makes no quality claim (random weights have no quality).
 
-Run: PYTHONPATH=. .venv/bin/python bench/history_window.py [--quick]
+Run: .venv/bin/python -m bench.history_window [--quick]
 """
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from pyramid_flow.sampler import PyramidSampler
 from pyramid_flow.text import TextEmbeddings
 
 SMALL_DIT = dict(num_attention_heads=4, num_layers=2, num_single_layers=4, joint_attention_dim=256, pooled_projection_dim=64)
-GOLDEN = os.environ.get("PYRAMID_FLOW_GOLDEN", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden"))
 
 
 def text(dim: int, pooled: int, seed: int) -> TextEmbeddings:
@@ -63,12 +61,12 @@ def flat_cost_run(seconds: float, window) -> dict:
 
 def fidelity(quick: bool) -> list:
     from pyramid_flow.pipeline import PyramidFlowPipeline
+    from pyramid_flow.testing.golden import checkpoint_root, read_manifest
 
     rows = []
     for variant in ("miniflux", "sd3"):
-        manifest = json.load(open(os.path.join(GOLDEN, "manifest.json"), encoding="utf-8"))
-        folder = manifest["variants"][variant]["dit_folder"]
-        pipe = PyramidFlowPipeline.from_pretrained(os.path.join(GOLDEN, "checkpoints", variant), folder)
+        folder = read_manifest()["variants"][variant]["dit_folder"]
+        pipe = PyramidFlowPipeline.from_pretrained(checkpoint_root(variant), folder)
         kwargs = dict(height=128, width=128, temp=7 if quick else 13, num_inference_steps=2, video_num_inference_steps=2,
                       seed=5, output_type="latent")
         full = pipe.generate("a red panda walking across a snowy log", **kwargs)
@@ -94,8 +92,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for window in (0, 8, 16):
         for seconds in lengths:
-            out = subprocess.run([sys.executable, __file__, "--run", str(seconds), str(window)], capture_output=True,
-                                 text=True, check=True, env=dict(os.environ, PYTHONPATH=os.getcwd())).stdout
+            out = subprocess.run([sys.executable, "-m", "bench.history_window", "--run", str(seconds), str(window)],
+                                 capture_output=True, text=True, check=True).stdout
             run = json.loads(out.strip().splitlines()[-1])
             tail = run["unit_seconds"][-5:]
             print(f"| {'whole' if not window else f'window {window}'} | {seconds:g} s | {len(run['tokens'])} | "

@@ -6,7 +6,7 @@ written as a bf16 safetensors file; each case then loads it in a fresh process t
 split into anonymous memory (copies) and file-backed pages (the memory-mapped file, which the kernel can drop).
 Every weight is read once after the load, so pages a lazy mapping would defer are counted too.
 
-Run: PYTHONPATH=. .venv/bin/python bench/load_memory.py
+Run: .venv/bin/python -m bench.load_memory
 """
 
 import json
@@ -17,15 +17,14 @@ import tempfile
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .measure import proc_status_kib
+
 CONFIG = {"num_layers": 2, "num_single_layers": 4}
 CASES = {"bf16 file -> bf16": "bf16", "bf16 file -> fp32": "fp32"}
 
 
 def status() -> dict:
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f)
-    return {key: int(fields[key].split()[0]) * 1024 for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+    return {key: proc_status_kib(key) * 1024 for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
 
 
 def reset_peak() -> None:
@@ -75,9 +74,8 @@ def main() -> None:
               "file-backed after |")
         print("|---|---:|---:|---:|---:|---:|")
         for label, dtype_name in CASES.items():
-            env = dict(os.environ, PYTHONPATH=ROOT)
-            out = subprocess.run([sys.executable, __file__, tmp, dtype_name], env=env, capture_output=True, text=True,
-                                 check=True).stdout
+            out = subprocess.run([sys.executable, "-m", "bench.load_memory", tmp, dtype_name], capture_output=True,
+                                 text=True, check=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             print(f"| {label} | {r['loaded'] / 2**20:.0f} | {r['peak'] / 2**20:.0f} | {r['peak'] / r['loaded']:.2f} | "
                   f"{r['anon'] / 2**20:.0f} | {r['file'] / 2**20:.0f} |", flush=True)

@@ -10,7 +10,7 @@ of a tile). Each case runs in a fresh process with glibc returning every large b
 follows the live tensors; the growth of the high-water mark over the RSS before the call is the measured peak.
 Slow on 2 cores (about 5 minutes).
 
-Run: PYTHONPATH=. .venv/bin/python bench/memory_check.py [--fake] [--cpu]
+Run: .venv/bin/python -m bench.memory_check [--fake] [--cpu]
 """
 
 import argparse
@@ -29,6 +29,8 @@ from pyramid_flow.memory import dit_memory_estimate, vae_decode_memory, vae_enco
 from pyramid_flow.testing.memory_probe import dit_clip_shapes, tracked_dit_peak, tracked_vae_peak
 from pyramid_flow.text.embeddings import TEXT_TOKENS
 from pyramid_flow.vae import CausalVideoVAE
+
+from .measure import proc_status_kib
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MIB = 2 ** 20
@@ -84,19 +86,14 @@ def fake_table() -> None:
             print(row(f"{label} {name}", vae_estimate(decode, shape, window, tile, dtype), tracked), flush=True)
 
 
-def rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
-
 def measured_peak(call) -> int:
     """Bytes the high-water mark of RSS grows by during ``call()``."""
     gc.collect()
-    base = rss_kib("VmRSS")
+    base = proc_status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset VmHWM to the current RSS
     call()
-    return (rss_kib("VmHWM") - base) * 1024
+    return (proc_status_kib("VmHWM") - base) * 1024
 
 
 def measure_dit(variant: str, height: int, width: int, past: int, dtype: torch.dtype) -> int:
@@ -139,7 +136,7 @@ def measure(case: Dict) -> int:
 
 def in_fresh_process(case: Dict) -> int:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
-    out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(case)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-m", "bench.memory_check", "--measure", json.dumps(case)], env=env, check=True,
                          capture_output=True, text=True).stdout
     return int(out.strip().splitlines()[-1])
 

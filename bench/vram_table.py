@@ -13,7 +13,7 @@ fp8 stores the DiT's Linear weights and T5-XXL in fp8 (``t5xxl_fp8_e4m3fn``); th
 Not included: the CUDA context (~0.3-0.5 GiB), the caching allocator's slack, the text encoders' activations
 (a few MB for 128 tokens) and what the decode node does with the frames afterwards.
 
-Run: PYTHONPATH=. .venv/bin/python bench/vram_table.py
+Run: .venv/bin/python -m bench.vram_table
 """
 
 from typing import Dict, Optional, Tuple

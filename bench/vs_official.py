@@ -1,6 +1,6 @@
 """Side-by-side benchmark: this project vs the OFFICIAL Pyramid Flow code (jy0205/Pyramid-Flow, commit 3040d717).
 
-    .venv/bin/python bench/vs_official.py --official ../official-work/ref \\
+    .venv/bin/python -m bench.vs_official --official ../official-work/ref \\
         --official-python ../official-work/venv/bin/python [--quick] [--cases dit_flux_u2,vae_tile] \\
         [--repeats 3] [--profile] [--workdir DIR] [--json results.json]
 
@@ -32,11 +32,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [REPO, HERE]
+from .measure import cpu_model, matmul_rates
+from .sidebyside import cases as C
 
-from sidebyside import cases as C  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SIDES = ("official", "ours")
 
@@ -77,11 +76,11 @@ class Side:
 
 def side_argv(args, name):
     if name == "official":
-        argv = [args.official_python, os.path.join(HERE, "sidebyside", "side_official.py"), "--official", args.official]
+        argv = [args.official_python, "-m", "bench.sidebyside.side_official", "--official", args.official]
         if args.tv_stub:
             argv += ["--tv-stub", args.tv_stub]
         return argv
-    return [args.ours_python, os.path.join(HERE, "sidebyside", "side_ours.py")]
+    return [args.ours_python, "-m", "bench.sidebyside.side_ours"]
 
 
 def side_env(threads, omp_wait_policy="passive"):
@@ -93,7 +92,7 @@ def side_env(threads, omp_wait_policy="passive"):
                TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
     if omp_wait_policy != "default":
         env["OMP_WAIT_POLICY"] = omp_wait_policy.upper()
-    env.pop("PYTHONPATH", None)  # each side sets its own import path
+    env.pop("PYTHONPATH", None)  # each side runs as a module from the repository root (cwd), nothing else
     return env
 
 
@@ -250,9 +249,24 @@ def busy_note(r) -> str:
     return f"; CPUs busy before the calls: median {statistics.median(busy):.0%}, max {max(busy):.0%}" if busy else ""
 
 
-def report(results, args) -> str:
+def machine(threads: int) -> dict:
+    """The CPU the numbers hold for: its model and both matrix kernels' rates at the benchmark's thread count."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return {"cpu": cpu_model(), "threads": threads, "gflops": matmul_rates()}
+
+
+def machine_row(info: dict) -> str:
+    rates = ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in info["gflops"].items())
+    return (f"CPU: {info['cpu']}, {info['threads']} threads; float32 [6400, 1920] x [1920, 5760]: {rates}. The DiT "
+            "speed-up follows the ratio of the two kernels (ours runs oneDNN's, the official MKL's).")
+
+
+def report(results, args, info: dict = None) -> str:
     first = results[0]["sides"]
-    lines = [
+    lines = [machine_row(info), ""] if info else []
+    lines += [
         f"official torch {first['official']['load']['torch']}, ours torch {first['ours']['load']['torch']}, "
         f"threads {first['ours']['load']['threads']}, OMP_WAIT_POLICY {getattr(args, 'omp_wait_policy', '?')}, "
         f"repeats {args.repeats}{' (--quick)' if args.quick else ''}",
@@ -296,10 +310,9 @@ def report(results, args) -> str:
 
 def write_fixtures(workdir, selected, ours_python) -> dict:
     """Weights and inputs, written by the project's interpreter (it has the model classes)."""
-    code = ("import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/bench']; "
-            "from sidebyside import fixtures; cases = json.loads(sys.argv[3]); "
-            "print(json.dumps({c['name']: fixtures.prepare(c, sys.argv[2]) for c in cases}))")
-    out = subprocess.run([ours_python, "-c", code, REPO, workdir, json.dumps(selected)], check=True,
+    code = ("import json, sys; from bench.sidebyside import fixtures; cases = json.loads(sys.argv[2]); "
+            "print(json.dumps({c['name']: fixtures.prepare(c, sys.argv[1]) for c in cases}))")
+    out = subprocess.run([ours_python, "-c", code, workdir, json.dumps(selected)], check=True,
                          capture_output=True, text=True, env=side_env(2), cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -331,7 +344,7 @@ def main(argv=None) -> None:
         with open(args.report) as f:
             saved = json.load(f)
         args.__dict__.update(saved["args"])
-        print(report(saved["results"], args))
+        print(report(saved["results"], args, saved.get("machine")))
         return
     if not (args.official and args.official_python):
         parser.error("--official and --official-python are required")
@@ -356,19 +369,21 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     try:
+        info = machine(args.threads)
+        log(f"[vs_official] {machine_row(info)}")
         log(f"[vs_official] writing weights and inputs under {args.workdir}")
         paths = write_fixtures(args.workdir, selected, args.ours_python)
         results = []
         for case in selected:
             log(f"[vs_official] {case['name']}: {case['what']}")
             results.append(run_case(case, paths[case["name"]], args, log))
-        print(report(results, args))
+        print(report(results, args, info))
         log(f"[vs_official] done in {time.perf_counter() - start:.0f} s")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"args": {k: getattr(args, k) for k in ("quick", "repeats", "threads", "profile_rows",
                                                               "omp_wait_policy")},
-                       "results": results}, f, indent=1)
+                       "machine": info, "results": results}, f, indent=1)
         bad = [r["case"]["name"] for r in results if any(isinstance(v, str) for v in r["diff"].values())]
         if bad:
             sys.exit(f"output shapes differ in {bad}")

@@ -12,6 +12,7 @@ from PIL import Image
 
 from . import latents as latent_utils
 from .dtypes import COMPUTE_DTYPES
+from .ops import bound_onednn_caches
 from .pipeline import PyramidFlowPipeline
 from .text import DEFAULT_NEGATIVE_PROMPT
 from .vae import FAST_DECODE, SAVE_MEMORY_DECODE
@@ -115,6 +116,7 @@ def read_schedule(value: Optional[str]) -> Optional[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    bound_onednn_caches()
     args = build_parser().parse_args(argv)
     width, height = args.width or PRESETS[args.resolution][0], args.height or PRESETS[args.resolution][1]
     latent_utils.check_resolution(width, height)

@@ -15,8 +15,10 @@ ComfyUI passes its own ``comfy.ops`` namespaces instead of this one.
 oneDNN keeps every primitive it builds, with buffers sized for its shapes, in two caches of 1024 entries (its own,
 and PyTorch's ideep LRU cache). The DiT's sequence grows with every latent frame, so each unit of a video builds new
 primitives: unbounded, a float32 CPU run of a 30 s video held 1.8 GB more than with MKL (bench/history_window.py).
-Unless the user has set them, both caches are bounded to ONEDNN_CACHE_CAPACITY entries, enough for the shapes of
-one sampling step. oneDNN reads them when it first runs, so they are set on import.
+:func:`bound_onednn_caches` bounds both to ONEDNN_CACHE_CAPACITY entries, enough for the shapes of one sampling
+step. It is a process setting (oneDNN reads the variables when it first runs), so importing this package sets
+nothing: the command line, ``PyramidFlowPipeline.from_pretrained`` and the ComfyUI pack's entry point call it.
+Variables the user has set win (set both to 1024, oneDNN's default, to keep unbounded caches).
 """
 
 import os
@@ -27,8 +29,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ONEDNN_CACHE_CAPACITY = 32
-for _variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
-    os.environ.setdefault(_variable, str(ONEDNN_CACHE_CAPACITY))
+ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> None:
+    """Bound oneDNN's two primitive caches for this process, unless the user has set them; effective when called
+    before oneDNN first runs."""
+    for variable in ONEDNN_CACHE_VARIABLES:
+        os.environ.setdefault(variable, str(capacity))
+
 
 Conv2d = nn.Conv2d
 GroupNorm = nn.GroupNorm

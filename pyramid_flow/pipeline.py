@@ -19,6 +19,7 @@ from .loading.state_dict import CheckpointError, read_json
 from .memory import stream_cache_memory
 from .orchestration import (Noise, SamplingSettings, ScheduleLike, TimedEmbeddings, check_request, decode_video, encode_first_frame,
                             encode_prompts, fit_frames, frames_to_history, sample, timed_conditioning)
+from .ops import bound_onednn_caches
 from .placement import DevicePlacement
 from .sampler import Conditioning, StepCallback
 from .scheduler import PyramidFlowScheduler
@@ -95,6 +96,7 @@ class PyramidFlowPipeline:
         ``checkpoint-N`` folder or a file of the official training scripts, see :func:`~pyramid_flow.dit.load_dit`);
         the config.json of ``root``'s component still describes the architecture. ``ema``: the DiT's EMA weights.
         """
+        bound_onednn_caches()
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         offload = device.type == "cuda" if offload is None else offload

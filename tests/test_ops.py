@@ -45,6 +45,7 @@ def test_conv3d_takes_a_strided_bias_as_its_values():
 SHAPE_SWEEP = """
 import gc, torch
 from pyramid_flow import ops
+ops.bound_onednn_caches()  # what the command line, the pipeline and the ComfyUI pack do before any work
 
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -67,9 +68,23 @@ print(rss_mb() - start)
                     reason="oneDNN's caches exist only where oneDNN runs; RSS read from Linux's /proc")
 def test_onednn_caches_stay_bounded_over_many_shapes():
     """Unbounded, oneDNN's primitive caches grew by about 3.9 GB over this sweep of 1,100 matmul shapes on an
-    AMD EPYC; bounded by pyramid_flow.ops, by 0.2 GB (a fresh process: the caches are read when oneDNN first runs)."""
+    AMD EPYC; bounded by pyramid_flow.ops.bound_onednn_caches, by 0.2 GB (a fresh process: the caches are read when
+    oneDNN first runs)."""
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
     env["PYTHONPATH"] = ROOT
     grown = float(subprocess.run([sys.executable, "-c", SHAPE_SWEEP], env=env, capture_output=True, text=True,
                                  check=True).stdout.split()[-1])
     assert grown < 1000, f"RSS grew by {grown:.0f} MB over the shape sweep"
+
+
+def test_importing_the_package_sets_no_process_state():
+    """The cache bound is a call of the front doors, not an import side effect."""
+    env = {k: v for k, v in os.environ.items() if k not in ops.ONEDNN_CACHE_VARIABLES}
+    env["PYTHONPATH"] = ROOT
+    code = ("import os, pyramid_flow.ops, pyramid_flow.pipeline, pyramid_flow.orchestration\n"
+            "before = [os.environ.get(v) for v in pyramid_flow.ops.ONEDNN_CACHE_VARIABLES]\n"
+            "os.environ['LRU_CACHE_CAPACITY'] = '7'\n"
+            "pyramid_flow.ops.bound_onednn_caches()\n"
+            "print(before, os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[None,", "None]", "32", "7"]  # nothing on import; the bound; the user's own value kept

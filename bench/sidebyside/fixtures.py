@@ -11,46 +11,25 @@ import os
 import shutil
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+
+from pyramid_flow.dit import DIT_CLASSES
+from pyramid_flow.history import history_clips
+from pyramid_flow.latents import PYRAMID_STAGES
+from pyramid_flow.noise import OFFICIAL_BLOCK_FACTOR
+from pyramid_flow.testing import tiny
+from pyramid_flow.vae import CausalVideoVAE
 
 from . import cases as C
 
 SEED = 0
 
 
-def random_state_dict(module: torch.nn.Module, generator: torch.Generator):
-    """N(0, 1/fan_in) matrices (std 1/sqrt(fan_in)), 1 + N(0, 0.05) norm scales, N(0, 0.02) biases; nothing zero,
-    so every path of the model matters (the official init zeroes the adaLN and output layers)."""
-    state_dict = {}
-    for name, tensor in module.state_dict().items():
-        if name == "pos_embed.pos_embed":  # the SD3 sincos table: a real value, not a weight
-            value = module.pos_embed.sincos_table()
-        elif tensor.dim() >= 2:
-            value = torch.randn(tensor.shape, generator=generator) / tensor[0].numel() ** 0.5
-        elif name.endswith("weight"):
-            value = 1 + 0.05 * torch.randn(tensor.shape, generator=generator)
-        else:
-            value = 0.02 * torch.randn(tensor.shape, generator=generator)
-        state_dict[name] = value.to(torch.float32).contiguous()
-    return state_dict
-
-
 def write_component(folder: str, config: dict, module: torch.nn.Module, seed: int) -> None:
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    generator = torch.Generator().manual_seed(seed)
-    save_file(random_state_dict(module, generator), os.path.join(tmp, "diffusion_pytorch_model.safetensors"),
-              metadata={"format": "pt"})
-    shutil.rmtree(folder, ignore_errors=True)
-    os.rename(tmp, folder)
+    tiny.write_component(folder, config, module, torch.Generator().manual_seed(seed))
 
 
 def meta_dit(variant: str, config: dict):
-    from pyramid_flow.dit import DIT_CLASSES
-
     return DIT_CLASSES[variant](**config, device="meta")
 
 
@@ -60,8 +39,6 @@ def write_dit(folder: str, variant: str, config: dict) -> None:
 
 
 def write_vae(folder: str, vae: dict) -> None:
-    from pyramid_flow.vae import CausalVideoVAE
-
     if not os.path.isfile(os.path.join(folder, "config.json")):
         config = C.vae_config(vae["channels"], vae["groups"])
         write_component(folder, config, CausalVideoVAE(**config, device="meta"), SEED + 1)
@@ -69,8 +46,6 @@ def write_vae(folder: str, vae: dict) -> None:
 
 def dit_inputs(case: dict) -> dict:
     """The stage-2 DiT call of unit ``case['unit']`` as PyramidSampler makes it (CFG batch 2)."""
-    from pyramid_flow.history import history_clips
-    from pyramid_flow.latents import PYRAMID_STAGES
 
     generator = torch.Generator().manual_seed(SEED + 2)
     config = case["config"]
@@ -113,8 +88,6 @@ def legacy_metaspace(path: str) -> None:
 def prefix_clip_keys(path: str) -> None:
     """Give the CLIP weights the ``text_model.`` key prefix of the released checkpoints: transformers 5 saves
     CLIPTextModel without it, and transformers 4.39 (the official pin) would then initialise CLIP at random."""
-    from safetensors.torch import load_file
-
     state_dict = load_file(path)
     if all(k.startswith("text_model.") for k in state_dict):
         return
@@ -139,12 +112,10 @@ def prepare(case: dict, workdir: str) -> dict:
             torch.save(vae_inputs(case), inputs)
         return {"weights": weights, "inputs": inputs}
     if case["kind"] == "generate":
-        from pyramid_flow.testing.tiny import build_tiny_checkpoint
-
         root = os.path.join(workdir, C.generate_root(case))
         dit_path = os.path.join(root, C.DIT_SUBFOLDER)
         if not os.path.isfile(os.path.join(dit_path, ".bench_dit")):
-            build_tiny_checkpoint(root, "miniflux", dit_folder=C.DIT_SUBFOLDER, seed=SEED)  # text encoders, tiny VAE
+            tiny.build_tiny_checkpoint(root, "miniflux", dit_folder=C.DIT_SUBFOLDER, seed=SEED)  # text encoders, tiny VAE
             legacy_metaspace(os.path.join(root, "tokenizer_2", "tokenizer.json"))
             prefix_clip_keys(os.path.join(root, "text_encoder", "model.safetensors"))
             shutil.rmtree(dit_path)
@@ -152,8 +123,6 @@ def prepare(case: dict, workdir: str) -> dict:
             open(os.path.join(dit_path, ".bench_dit"), "w").close()
         block_factor = os.path.join(workdir, "official_block_factor.pt")
         if not os.path.isfile(block_factor):
-            from pyramid_flow.noise import OFFICIAL_BLOCK_FACTOR
-
             torch.save(OFFICIAL_BLOCK_FACTOR, block_factor)
         return {"weights": root, "block_factor": block_factor}
     raise ValueError(f"unknown case kind {case['kind']}")

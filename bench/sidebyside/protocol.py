@@ -21,39 +21,13 @@ import traceback
 
 import torch
 
-MB = 1024.0
-
-
-def _status(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / MB  # kB -> MB
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def rss_mb() -> float:
-    return _status("VmRSS")
-
-
-def peak_mb() -> float:
-    return _status("VmHWM")
+from ..measure import peak_mb, reset_peak, rss_mb
 
 
 def usage() -> tuple:
     """(user + system CPU s, system CPU s, minor page faults) of this process, all threads."""
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime, u.ru_stime, u.ru_minflt
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class Runner:

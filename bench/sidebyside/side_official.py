@@ -1,6 +1,7 @@
 """Side runner for the OFFICIAL Pyramid Flow code (run with the official venv's python).
 
-usage (by bench/vs_official.py): <official python> side_official.py --official <checkout> [--tv-stub <dir>]
+usage (by bench/vs_official.py, from the repository root): <official python> -m bench.sidebyside.side_official
+--official <checkout> [--tv-stub <dir>]
 
 Imports the official modules from the given checkout at run time; nothing official is copied here. The
 official VAE is used with enable_tiling(), as the official app and inference scripts do.
@@ -12,13 +13,10 @@ import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+import torch
 
-import torch  # noqa: E402
-
-from sidebyside import protocol  # noqa: E402
-from sidebyside.protocol import DecodeTimer, Runner, serve  # noqa: E402
+from . import protocol
+from .protocol import DecodeTimer, Runner, serve
 
 def use_torch212_block_factor(factor: torch.Tensor) -> None:
     """MultivariateNormal gets ``factor`` for the block-noise covariance (gamma 1/3): the float32 Cholesky factor

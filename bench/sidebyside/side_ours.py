@@ -1,17 +1,12 @@
-"""Side runner for THIS project (run with the project's venv python). See protocol.py for the commands."""
+"""Side runner for THIS project (run with the project's venv python as ``-m bench.sidebyside.side_ours`` from the
+repository root). See protocol.py for the commands."""
 
-import os
-import sys
 import warnings
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path[:0] = [REPO, os.path.dirname(HERE)]
+import torch
 
-import torch  # noqa: E402
-
-from sidebyside import protocol  # noqa: E402
-from sidebyside.protocol import DecodeTimer, Runner, serve  # noqa: E402
+from . import protocol
+from .protocol import DecodeTimer, Runner, serve
 
 
 class DiTRunner(Runner):

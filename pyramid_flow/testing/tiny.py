@@ -8,6 +8,7 @@ identical.
 import hashlib
 import json
 import os
+import shutil
 from typing import Dict, Iterator, Tuple
 
 import torch
@@ -69,11 +70,26 @@ def random_tensors(module: torch.nn.Module, generator: torch.Generator) -> Itera
 
 
 
-def _write_component(folder: str, config: dict, module: torch.nn.Module, generator: torch.Generator, weights: str) -> None:
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+def random_state_dict(module: torch.nn.Module, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """:func:`random_tensors` of a (meta) module, with the tensors the model computes (SD3's position table)
+    computed instead of drawn."""
+    computed = module.computed_tensors([]) if hasattr(module, "computed_tensors") else {}
+    return {name: computed[name].to(value) if name in computed else value
+            for name, value in random_tensors(module, generator)}
+
+
+def write_component(folder: str, config: dict, module: torch.nn.Module, generator: torch.Generator,
+                    weights: str = "diffusion_pytorch_model.safetensors") -> None:
+    """An official component folder (config.json + random weights of ``module``), written under a temporary name
+    and renamed, so an interrupted write leaves no folder that looks complete."""
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
-    save_file(dict(random_tensors(module, generator)), os.path.join(folder, weights), metadata={"format": "pt"})
+    save_file(random_state_dict(module, generator), os.path.join(tmp, weights), metadata={"format": "pt"})
+    shutil.rmtree(folder, ignore_errors=True)
+    os.rename(tmp, folder)
 
 
 def _byte_symbols():
@@ -172,8 +188,8 @@ def build_tiny_checkpoint(root: str, variant: str = "miniflux", dit_folder: str 
     with torch.device("meta"):
         dit = dit_class(**dit_config)
         vae = CausalVideoVAE(**tiny_vae_config())
-    _write_component(os.path.join(root, dit_folder), dit_config, dit, generator, "diffusion_pytorch_model.safetensors")
-    _write_component(os.path.join(root, "causal_video_vae"), tiny_vae_config(), vae, generator, "diffusion_pytorch_model.safetensors")
+    write_component(os.path.join(root, dit_folder), dit_config, dit, generator)
+    write_component(os.path.join(root, "causal_video_vae"), tiny_vae_config(), vae, generator)
     _write_text_encoders(root, variant, generator)
     with open(marker, "w", encoding="utf-8") as f:
         f.write(fingerprint)
@@ -181,13 +197,9 @@ def build_tiny_checkpoint(root: str, variant: str = "miniflux", dit_folder: str 
 
 
 def with_random_weights(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
-    """A model built on ``meta`` filled with :func:`random_tensors` on the generator's device, each tensor in the
-    dtype the model built it with (computed tensors such as SD3's position table computed), in eval mode."""
+    """A model built on ``meta`` filled with :func:`random_state_dict` on the generator's device, each tensor in the
+    dtype the model built it with, in eval mode."""
     storage = {name: tensor.dtype for name, tensor in model.state_dict().items()}
-    computed = model.computed_tensors([]) if hasattr(model, "computed_tensors") else {}
-    state_dict = {}
-    for name, value in random_tensors(model, generator):
-        value = computed[name].to(value.device) if name in computed else value
-        state_dict[name] = value.to(storage[name])
+    state_dict = {name: value.to(storage[name]) for name, value in random_state_dict(model, generator).items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval().requires_grad_(False)

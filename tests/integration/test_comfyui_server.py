@@ -15,7 +15,8 @@ from prompts import NEGATIVE, PROMPT, TINY, video_prompt
 from tolerance import assert_within_ulps
 
 NODES = {
-    "PyramidFlowVideoModelLoader": (["model", "weight_dtype", "download_if_missing"], ["PYRAMID_FLOW_VIDEO_MODEL"]),
+    "PyramidFlowVideoModelLoader": (["model", "weight_dtype", "download_if_missing", "use_ema"],  # use_ema: added last
+                                    ["PYRAMID_FLOW_VIDEO_MODEL"]),
     "PyramidFlowVideoVAELoader": (["vae", "dtype", "download_if_missing"], ["PYRAMID_FLOW_VIDEO_VAE"]),
     "PyramidFlowVideoTextEncoderLoader": (["model_folder", "dtype", "download_if_missing"],
                                           ["PYRAMID_FLOW_VIDEO_TEXT_ENCODER"]),
