@@ -33,7 +33,7 @@ import torch
 
 from pyramid_flow.attention import sdpa_attention
 from pyramid_flow.dit.loading import dit_skeleton
-from pyramid_flow.latents import LATENT_CHANNELS, SPATIAL_SCALE, frames_for_temp, temp_for_seconds
+from pyramid_flow.latents import LATENT_CHANNELS, SPATIAL_SCALE, video_frames_for, latent_frames_for_seconds
 from pyramid_flow.noise import SeededNoise
 from pyramid_flow.history import max_sequence_length
 from pyramid_flow.memory import decode_memory, dit_memory
@@ -63,8 +63,8 @@ class Plan:
 
 
 def full_plan() -> Plan:
-    return Plan(torch.device("cuda"), torch.bfloat16, {}, {}, (384, 640, temp_for_seconds(5)), [20, 20, 20],
-                [10, 10, 10], (768, 1280, temp_for_seconds(10) - 3, 3), (768, 1280, 4), 20)
+    return Plan(torch.device("cuda"), torch.bfloat16, {}, {}, (384, 640, latent_frames_for_seconds(5)), [20, 20, 20],
+                [10, 10, 10], (768, 1280, latent_frames_for_seconds(10) - 3, 3), (768, 1280, 4), 20)
 
 
 def dry_plan() -> Plan:
@@ -212,14 +212,14 @@ class GpuCheck:
         self.meter.start()
         started = time.perf_counter()
         self.latents = self.sampler(record).text_to_video(
-            self.cond, self.uncond, height=height, width=width, temp=temp, first_frame_steps=self.plan.first_steps,
+            self.cond, self.uncond, height=height, width=width, latent_frames=temp, first_frame_steps=self.plan.first_steps,
             video_steps=self.plan.video_steps, guidance_scale=7.0, video_guidance_scale=5.0)
         seconds = time.perf_counter() - started
         peak = self.meter.stop()
         predicted = dit_memory(self.dit, height, width, temp - 1, 2, self.plan.dtype)
         units = unit_times(record)
         self.report.section(
-            f"Text-to-video {width}x{height}, {temp} latent frames ({frames_for_temp(temp)} frames)",
+            f"Text-to-video {width}x{height}, {temp} latent frames ({video_frames_for(temp)} frames)",
             f"- sampling: {seconds:.1f} s ({len(record)} DiT steps, CFG batch 2); first frame {units[0]:.1f} s, "
             f"last frame {units[temp - 1]:.1f} s",
             f"- activations: {self.report.check(f'DiT, {height}p unit {temp - 1}', predicted, peak)}",
@@ -237,7 +237,7 @@ class GpuCheck:
         peak = self.meter.stop()
         del video
         predicted = decode_memory(self.vae, tuple(latents.shape), settings.window_size, settings.tile_sample_min_size)
-        frames = frames_for_temp(latents.shape[2])
+        frames = video_frames_for(latents.shape[2])
         self.report.section(
             f"Decode {label}: {frames} frames, tile {settings.tile_sample_min_size}, window {settings.window_size}",
             f"- {seconds:.1f} s ({frames / seconds:.1f} frames/s)",
@@ -260,7 +260,7 @@ class GpuCheck:
         record: List = []
         self.meter.start()
         started = time.perf_counter()
-        self.sampler(record).extend(self.cond, self.uncond, history=frames, units=units, steps=self.plan.video_steps,
+        self.sampler(record).extend(self.cond, self.uncond, history=frames, new_latent_frames=units, steps=self.plan.video_steps,
                                     guidance_scale=7.0, video_guidance_scale=5.0)
         seconds = time.perf_counter() - started
         peak = self.meter.stop()

@@ -53,7 +53,7 @@ def flat_cost_run(seconds: float, window) -> dict:
 
     sampler = PyramidSampler(dit, SeededNoise(0), torch.device("cpu"), torch.float32, callback=callback)
     cond, uncond = text(256, 64, 1), text(256, 64, 2)
-    sampler.text_to_video(cond, uncond, height=384, width=640, temp=temp, first_frame_steps=1, video_steps=1,
+    sampler.text_to_video(cond, uncond, height=384, width=640, latent_frames=temp, first_frame_steps=1, video_steps=1,
                           guidance_scale=7.0, video_guidance_scale=5.0, history_window=window)
     tokens = [max_sequence_length(384, 640, min(u, window or u)) for u in range(temp)]
     return {"tokens": tokens, "unit_seconds": unit_times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

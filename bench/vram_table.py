@@ -22,7 +22,7 @@ import torch
 
 from pyramid_flow.dit import DIT_CLASSES
 from pyramid_flow.dit.loading import target_dtype
-from pyramid_flow.latents import SPATIAL_SCALE, LATENT_CHANNELS, temp_for_seconds
+from pyramid_flow.latents import SPATIAL_SCALE, LATENT_CHANNELS, latent_frames_for_seconds
 from pyramid_flow.memory import dit_memory_estimate, vae_decode_memory
 from pyramid_flow.vae import SAVE_MEMORY_DECODE, CausalVideoVAE
 from pyramid_flow.variants import get_variant
@@ -55,7 +55,7 @@ def vae_weight_bytes() -> int:
 def workflow_row(variant: str, weights: str, dit_bytes: int, vae_bytes: int,
                  workflow: Tuple[str, int, int, int, Optional[int]]) -> str:
     label, height, width, seconds, window = workflow
-    temp = temp_for_seconds(seconds)
+    temp = latent_frames_for_seconds(seconds)
     activations = dit_memory_estimate(variant, {}, height, width, temp - 1, 2, torch.bfloat16, window)
     latent = (1, LATENT_CHANNELS, temp, height // SPATIAL_SCALE, width // SPATIAL_SCALE)
     decode = vae_decode_memory(latent, SAVE_MEMORY_DECODE.window_size, SAVE_MEMORY_DECODE.tile_sample_min_size,

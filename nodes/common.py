@@ -26,9 +26,9 @@ def check_finite(inputs: Dict[str, object]) -> None:
 
 
 def describe_duration(seconds: float) -> str:
-    temp = latent_utils.temp_for_seconds(seconds)
-    frames = latent_utils.frames_for_temp(temp)
-    return f"{frames} frames = {frames / latent_utils.FPS:.2f} s at {latent_utils.FPS} fps ({temp} latent frames)"
+    latent_frames = latent_utils.latent_frames_for_seconds(seconds)
+    frames = latent_utils.video_frames_for(latent_frames)
+    return f"{frames} frames = {frames / latent_utils.FPS:.2f} s at {latent_utils.FPS} fps ({latent_frames} latent frames)"
 
 
 def check_size(width: int, height: int, source: Optional[str] = None) -> None:

@@ -109,7 +109,7 @@ class PyramidFlowVideoSampler(PyramidFlowNode):
                 video_steps_2: int, video_steps_3: int, guidance_scale: float, video_guidance_scale: float,
                 seed: int, image_latent: Optional[dict] = None, noise: str = "default",
                 history_window: int = 0) -> io.NodeOutput:
-        latent_frames = latent_utils.temp_for_seconds(duration_seconds)
+        latent_frames = latent_utils.latent_frames_for_seconds(duration_seconds)
         first = _first_frame(image_latent, cls.node_id())
         if first is not None:
             height, width = latent_utils.pixel_size(first)
@@ -133,7 +133,7 @@ class PyramidFlowVideoSampler(PyramidFlowNode):
             start = dict(history=latent_utils.normalize(first.float(), variant))
         latents = runtime.sample(model, cond, uncond, settings, latent_frames, **start)
         return io.NodeOutput(runtime.latent_output(latents, variant.name, seed),
-                             latent_utils.frames_for_temp(latent_frames))
+                             latent_utils.video_frames_for(latent_frames))
 
 
 def _conditioning(model, positive, negative, latent_frames: int):
@@ -203,16 +203,16 @@ class PyramidFlowVideoExtend(PyramidFlowNode):
                 noise: str = "default", history_window: int = 0) -> io.NodeOutput:
         variant = get_variant(model.model.variant_name)
         history = _history(video, images, vae, variant.name, cls.node_id())
-        units = latent_utils.units_for_seconds(duration_seconds)
+        added = latent_utils.latent_frames_to_add(duration_seconds)
         height, width = latent_utils.pixel_size(history)
-        latent_frames = history.shape[2] + units
+        latent_frames = history.shape[2] + added
         warning = check_request(width, height, latent_frames, model.model.checkpoint)
         if warning:
             log.warning("Pyramid Flow: %s", warning)
         if video is not None and video.get(SEED_KEY) not in (None, seed):
             log.info("Pyramid Flow Extend: seed %s differs from the %s the video was sampled with: the continuation is "
                      "valid, but not what one longer run with that seed would give.", seed, video[SEED_KEY])
-        runtime.send_text(cls.node_id(), f"+{units} latent frames: {latent_utils.frames_for_temp(latent_frames)} frames")
+        runtime.send_text(cls.node_id(), f"+{added} latent frames: {latent_utils.video_frames_for(latent_frames)} frames")
         cond, uncond = _conditioning(model, positive, negative, latent_frames)
         steps = [video_steps_1, video_steps_2, video_steps_3]
         settings = SamplingSettings(steps, steps, guidance_scale, video_guidance_scale, seed, noise,
@@ -220,7 +220,7 @@ class PyramidFlowVideoExtend(PyramidFlowNode):
         latents = runtime.sample(model, cond, uncond, settings, latent_frames, history=history)
         new = latents[:, :, history.shape[2]:]
         return io.NodeOutput(runtime.latent_output(latents, variant.name, seed),
-                             runtime.latent_output(new, variant.name, seed), latent_utils.frames_for_temp(latent_frames))
+                             runtime.latent_output(new, variant.name, seed), latent_utils.video_frames_for(latent_frames))
 
 
 def _history(video: Optional[dict], images: Optional[torch.Tensor], vae, variant_name: str, node_id) -> torch.Tensor:

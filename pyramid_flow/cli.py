@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="override the preset width (multiple of 64)")
     p.add_argument("--height", type=int, help="override the preset height (multiple of 64)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds at 24 fps (5 s = 16 latent frames)")
-    p.add_argument("--temp", type=int, help="latent frames instead of --duration (frames = 8*temp-7)")
+    p.add_argument("--latent-frames", "--temp", type=int, dest="latent_frames", metavar="N",
+                   help="length in latent frames instead of --duration (video frames = 8N - 7; --temp is the official "
+                        "name); with --extend, the latent frames to add")
     p.add_argument("--seed", type=int, help="default 0, or the seed stored in an --extend latent file")
     p.add_argument("--noise", choices=("default", "official"), default="default",
                    help="'official' reproduces the official app's seeds (extending then draws a new stream)")
@@ -120,7 +122,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     width, height = args.width or PRESETS[args.resolution][0], args.height or PRESETS[args.resolution][1]
     latent_utils.check_resolution(width, height)
-    temp = 1 if args.resolution == "image" else args.temp or latent_utils.temp_for_seconds(args.duration)
+    latent_frames = 1 if args.resolution == "image" else (args.latent_frames
+                                                          or latent_utils.latent_frames_for_seconds(args.duration))
     folder, tiny = resolve_model(args)
     dtype = COMPUTE_DTYPES[args.dtype] if args.dtype else None
     offload = False if args.no_offload else None  # None: on for CUDA
@@ -136,18 +139,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.noise == "official":
             log.info("Extending with noise=official draws a new sequential stream: not the frames one longer run "
                      "would give (the default noise is keyed per frame and would).")
-        units = args.temp or latent_utils.units_for_seconds(args.duration)
-        latents = pipe.extend(history, args.prompt, units, num_inference_steps=args.video_steps,
+        added = args.latent_frames or latent_utils.latent_frames_to_add(args.duration)
+        latents = pipe.extend(history, args.prompt, added, num_inference_steps=args.video_steps,
                               guidance_scale=args.guidance, video_guidance_scale=args.video_guidance, seed=seed, **common)
     elif args.image:
         seed = args.seed or 0
-        latents = pipe.generate_i2v(Image.open(args.image), args.prompt, temp=temp, num_inference_steps=args.video_steps,
+        latents = pipe.generate_i2v(Image.open(args.image), args.prompt, temp=latent_frames,
+                                    num_inference_steps=args.video_steps,
                                     guidance_scale=args.guidance, video_guidance_scale=args.video_guidance, seed=seed,
                                     size=(width, height), output_type="latent", decode_callback=ProgressBar("encoding").piece,
                                     **common)
     else:
         seed = args.seed or 0
-        latents = pipe.generate(args.prompt, height, width, temp, args.steps, args.video_steps, args.guidance,
+        latents = pipe.generate(args.prompt, height, width, latent_frames, args.steps, args.video_steps, args.guidance,
                                 args.video_guidance, seed=seed, output_type="latent", **common)
     if args.save_latent:
         save_latents(args.save_latent, latents, variant=pipe.variant.name, seed=seed)
@@ -184,7 +188,7 @@ class ProgressBar:
 
     def step(self, info) -> None:
         """The sampler's callback (a StepInfo after every DiT step)."""
-        self.update(info.done, info.total, f"frame {info.unit + 1}/{info.num_units} stage {info.stage + 1}")
+        self.update(info.done, info.total, f"frame {info.unit + 1}/{info.latent_frames} stage {info.stage + 1}")
 
     def piece(self, done: int, total: int) -> None:
         """A VAE callback (after every encoded or decoded piece)."""

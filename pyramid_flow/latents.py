@@ -1,7 +1,6 @@
 """Latent bookkeeping: normalisation, frame counts, resolutions and pixel conversion."""
 
 import math
-import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -20,7 +19,7 @@ TRAINED_RESOLUTIONS = {
     "768p": ((1280, 768),),
     "image": ((1024, 1024), (1280, 768), (768, 1280)),
 }
-MAX_TEMP = {"384p": 16, "768p": 31, "image": 1}
+MAX_LATENT_FRAMES = {"384p": 16, "768p": 31, "image": 1}
 
 
 def normalize(z: torch.Tensor, variant: Variant) -> torch.Tensor:
@@ -43,22 +42,23 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 4, 1).flatten(0, 1)
 
 
-def frames_for_temp(temp: int) -> int:
-    """Pixel frames decoded from ``temp`` latent frames: the first latent frame is one image, each later one 8."""
-    return TEMPORAL_SCALE * (temp - 1) + 1
+def video_frames_for(latent_frames: int) -> int:
+    """Video frames decoded from ``latent_frames``: the first latent frame is one image, each later one 8 (the
+    1 + 8k rule of the causal VAE)."""
+    return TEMPORAL_SCALE * (latent_frames - 1) + 1
 
 
-def temp_for_seconds(seconds: float, fps: int = FPS) -> int:
+def latent_frames_for_seconds(seconds: float, fps: int = FPS) -> int:
     """Latent frames needed for at least ``seconds`` of video (5 s -> 16, 10 s -> 31)."""
     return max(1, math.ceil((seconds * fps - 1) / TEMPORAL_SCALE) + 1)
 
 
-def units_for_seconds(seconds: float, fps: int = FPS) -> int:
-    """Latent frames (units) that add at least ``seconds`` to a video: 8 frames, 1/3 s at 24 fps, each."""
+def latent_frames_to_add(seconds: float, fps: int = FPS) -> int:
+    """Latent frames that add at least ``seconds`` to a video: 8 video frames, 1/3 s at 24 fps, each."""
     return max(1, math.ceil(seconds * fps / TEMPORAL_SCALE - 1e-9))
 
 
-def temp_for_frames(frames: int) -> int:
+def latent_frames_for_video(frames: int) -> int:
     """Latent frames of an encoded video of ``frames`` pixel frames (1 + 8k frames -> 1 + k)."""
     return (frames - 1) // TEMPORAL_SCALE + 1
 
@@ -87,18 +87,18 @@ def check_resolution(width: int, height: int, source: Optional[str] = None) -> N
             raise ValueError(message)
 
 
-def check_temp(temp: int, checkpoint: Optional[str]) -> None:
+def check_latent_frames(latent_frames: int, checkpoint: Optional[str]) -> None:
     """Raise for a frame count the checkpoint cannot produce at all."""
-    if temp < 1:
-        raise ValueError(f"temp (latent frames) must be at least 1, got {temp}")
-    if checkpoint == "image" and temp > 1:
+    if latent_frames < 1:
+        raise ValueError(f"A video needs at least 1 latent frame, got {latent_frames}.")
+    if checkpoint == "image" and latent_frames > 1:
         raise ValueError(
-            "The image DiT (diffusion_transformer_image) makes single images: use temp=1, or load "
+            "The image DiT (diffusion_transformer_image) makes single images: use 1 latent frame (duration 0), or load "
             "diffusion_transformer_384p / diffusion_transformer_768p for video."
         )
 
 
-def resolution_warning(width: int, height: int, temp: int, checkpoint: Optional[str]) -> Optional[str]:
+def resolution_warning(width: int, height: int, latent_frames: int, checkpoint: Optional[str]) -> Optional[str]:
     """A message when the size or length is outside what ``checkpoint`` ('384p', '768p', 'image') was trained on."""
     if checkpoint not in TRAINED_RESOLUTIONS:
         return None
@@ -107,15 +107,9 @@ def resolution_warning(width: int, height: int, temp: int, checkpoint: Optional[
     if (width, height) not in trained:
         sizes = ", ".join(f"{w}x{h}" for w, h in trained)
         problems.append(f"{width}x{height} is not a trained resolution of the {checkpoint} checkpoint ({sizes})")
-    if temp > MAX_TEMP[checkpoint]:
-        problems.append(f"{temp} latent frames exceed the {checkpoint} checkpoint's maximum of {MAX_TEMP[checkpoint]}")
+    if latent_frames > MAX_LATENT_FRAMES[checkpoint]:
+        problems.append(f"{latent_frames} latent frames exceed the {checkpoint} checkpoint's maximum of {MAX_LATENT_FRAMES[checkpoint]}")
     return "; ".join(problems) + "; expect degraded output." if problems else None
-
-
-def warn_resolution(width: int, height: int, temp: int, checkpoint: Optional[str]) -> None:
-    message = resolution_warning(width, height, temp, checkpoint)
-    if message:
-        warnings.warn(message, stacklevel=2)
 
 
 def pixel_size(latent: torch.Tensor) -> Tuple[int, int]:

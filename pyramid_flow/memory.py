@@ -22,7 +22,7 @@ from .dit.layers import MIN_PIECE_TOKENS, TOKEN_PIECES
 from .dit.loading import dit_skeleton
 from .dtypes import compute_dtype
 from .history import max_sequence_length, window_frames
-from .latents import LATENT_CHANNELS, PYRAMID_STAGES, SPATIAL_SCALE, TEMPORAL_SCALE, frames_for_temp
+from .latents import LATENT_CHANNELS, PYRAMID_STAGES, SPATIAL_SCALE, TEMPORAL_SCALE, video_frames_for
 from .text.embeddings import TEXT_TOKENS
 from .vae.layers import FRAME_PIECE
 from .vae.tiling import tile_grid
@@ -368,7 +368,7 @@ def vae_decode_bytes(shape: VaeShape, latent_shape: Sequence[int], window_size: 
     column.
     """
     batch, _, latent_frames, h, w = latent_shape
-    s, frames = dtype.itemsize, frames_for_temp(latent_frames)
+    s, frames = dtype.itemsize, video_frames_for(latent_frames)
     first, later = chunk_frames(latent_frames, window_size, 1)
     tile = tile_sample_min_size // SPATIAL_SCALE if tile_sample_min_size else None
     peak = 0

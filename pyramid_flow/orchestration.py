@@ -20,8 +20,8 @@ import torch
 
 from .dit.compile import compiled_blocks
 from .image import ImageLike, first_frame_input, resize_to
-from .latents import (LATENT_CHANNELS, RESOLUTION_MULTIPLE, check_resolution, check_temp, frames_for_temp,
-                      normalize, pixel_size, resolution_warning, temp_for_frames)
+from .latents import (LATENT_CHANNELS, RESOLUTION_MULTIPLE, check_resolution, check_latent_frames, video_frames_for,
+                      normalize, pixel_size, resolution_warning, latent_frames_for_video)
 from .memory import decode_memory, dit_memory, encode_memory, vae_dtype
 from .noise import NoiseSource, make_noise
 from .placement import OUT_OF_MEMORY, Placement
@@ -47,7 +47,7 @@ def check_request(width: int, height: int, latent_frames: int, checkpoint: Optio
     """Raise before any heavy work on a size or length that cannot be made; return the warning for one that
     ``checkpoint`` ('384p', '768p', 'image', None) was not trained on (None when it was)."""
     check_resolution(width, height)
-    check_temp(latent_frames, checkpoint)
+    check_latent_frames(latent_frames, checkpoint)
     return resolution_warning(width, height, latent_frames, checkpoint)
 
 
@@ -134,11 +134,11 @@ def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbedd
         sampler = make_sampler(dit, placement.device, dtype, settings, callback, scheduler)
         if image_moments is not None:
             return sampler.image_to_video(cond, uncond, image_moments=image_moments, variant=variant,
-                                          temp=latent_frames, steps=settings.video_steps, **guidance)
+                                          latent_frames=latent_frames, steps=settings.video_steps, **guidance)
         if history is not None:
-            return sampler.extend(cond, uncond, history=history, units=latent_frames - history.shape[2],
+            return sampler.extend(cond, uncond, history=history, new_latent_frames=latent_frames - history.shape[2],
                                   steps=settings.video_steps, **guidance)
-        return sampler.text_to_video(cond, uncond, height=height, width=width, temp=latent_frames,
+        return sampler.text_to_video(cond, uncond, height=height, width=width, latent_frames=latent_frames,
                                      first_frame_steps=settings.first_frame_steps, video_steps=settings.video_steps,
                                      **guidance)
 
@@ -233,7 +233,7 @@ def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
 
 def encodable_frames(num_frames: int) -> int:
     """The causal VAE encodes 1 + 8k frames: the largest such count <= num_frames."""
-    return frames_for_temp(temp_for_frames(num_frames))
+    return video_frames_for(latent_frames_for_video(num_frames))
 
 
 def centre_crop(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:

@@ -224,7 +224,7 @@ class PyramidFlowPipeline:
         self,
         latents: torch.Tensor,
         prompt: Union[str, Sequence[str]],
-        units: int,
+        new_latent_frames: int,
         num_inference_steps: Union[int, Sequence[int]] = (10, 10, 10),
         guidance_scale: float = 7.0,
         video_guidance_scale: float = 5.0,
@@ -235,14 +235,14 @@ class PyramidFlowPipeline:
         history_window: Optional[int] = None,
         prompt_schedule: Optional[ScheduleLike] = None,
     ) -> torch.Tensor:
-        """Continue a video by ``units`` latent frames: normalised latents [B, 16, T0, h, w] -> [B, 16, T0 + units,
-        h, w].
+        """Continue a video by ``new_latent_frames``: normalised latents [B, 16, T0, h, w] -> [B, 16,
+        T0 + new_latent_frames, h, w].
 
         With the default noise and the same seed, extending the first T0 frames of a run by N gives that run's
         frames T0 .. T0 + N - 1. A ``prompt_schedule`` counts seconds from the start of the whole video.
         """
         height, width = pixel_size(latents)
-        total = latents.shape[2] + units
+        total = latents.shape[2] + new_latent_frames
         self.check_request(width, height, total)
         cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, total)
         settings = SamplingSettings(num_inference_steps, num_inference_steps, guidance_scale, video_guidance_scale,

@@ -1,4 +1,4 @@
-"""The autoregressive pyramidal sampler: text-to-video (and text-to-image, temp=1), image-to-video, and video
+"""The autoregressive pyramidal sampler: text-to-video (and text-to-image: 1 latent frame), image-to-video, and video
 extension, on normalised latents.
 
 One *unit* is one latent frame. Each unit runs the spatial pyramid (lowest resolution first, nearest x2 upsample
@@ -41,7 +41,7 @@ class StepInfo:
     """What a progress callback sees after every DiT step."""
 
     unit: int  # the latent frame being generated (its index in the whole video)
-    num_units: int  # latent frames of the whole video
+    latent_frames: int  # latent frames of the whole video
     stage: int
     step: int
     steps_in_stage: int
@@ -88,7 +88,7 @@ class _Run:
     prompts: PromptSchedule  # positive conditioning per unit, on the run's device and dtype
     uncond: Optional[TextEmbeddings]  # the negative prompt (None without CFG)
     callback: Optional[StepCallback]
-    num_units: int
+    latent_frames: int
     total: int
     history_window: Optional[int]
     done: int = 0
@@ -134,7 +134,7 @@ class _Run:
                 sample, latent = latent, self.scheduler.step(velocity, latent, grid.sigmas[k], grid.sigmas[k + 1])
                 self.done += 1
                 if self.callback is not None:
-                    self.callback(StepInfo(unit, self.num_units, stage, k, steps[stage], self.done, self.total,
+                    self.callback(StepInfo(unit, self.latent_frames, stage, k, steps[stage], self.done, self.total,
                                            t.item(), sample, velocity, latent))
         return latent
 
@@ -171,39 +171,39 @@ class PyramidSampler:
         self.scheduler = scheduler or PyramidFlowScheduler()
         self.callback = callback
 
-    def _start(self, cond: Conditioning, uncond: Optional[TextEmbeddings], guidance_scale: float, num_units: int,
+    def _start(self, cond: Conditioning, uncond: Optional[TextEmbeddings], guidance_scale: float, latent_frames: int,
                total: int, history_window: Optional[int], size: Tuple[int, int]) -> _Run:
         """``size``: (height, width) in pixels."""
         check_history_window(history_window)
         if guidance_scale > 0 and uncond is None:
             raise ValueError("guidance_scale > 0 needs negative-prompt embeddings (uncond)")
-        if history_window is None and num_units > TRAINED_LATENT_FRAMES:
+        if history_window is None and latent_frames > TRAINED_LATENT_FRAMES:
             batch = PromptSchedule.of(cond).batch * (2 if guidance_scale > 0 else 1)
-            warnings.warn(self._long_history_message(num_units, size, batch), stacklevel=3)
+            warnings.warn(self._long_history_message(latent_frames, size, batch), stacklevel=3)
         prompts = PromptSchedule.of(cond).to(device=self.device, dtype=self.dtype)
         uncond = uncond.to(device=self.device, dtype=self.dtype) if guidance_scale > 0 else None
         text_dim, pooled_dim = getattr(self.dit, "text_dims", (None, None))  # None: a stand-in model (tests)
         for embeddings in [emb for _, emb in prompts.entries] + ([uncond] if uncond is not None else []):
             embeddings.validate(text_dim=text_dim, pooled_dim=pooled_dim)
-        return _Run(self.dit, self.scheduler, self.noise, prompts, uncond, self.callback, num_units, total,
+        return _Run(self.dit, self.scheduler, self.noise, prompts, uncond, self.callback, latent_frames, total,
                     history_window)
 
-    def _long_history_message(self, num_units: int, size: Tuple[int, int], batch: int) -> str:
+    def _long_history_message(self, latent_frames: int, size: Tuple[int, int], batch: int) -> str:
         message = (
-            f"{num_units} latent frames with the whole history exceed the {TRAINED_LATENT_FRAMES} the checkpoints were "
+            f"{latent_frames} latent frames with the whole history exceed the {TRAINED_LATENT_FRAMES} the checkpoints were "
             "trained on: temporal positions leave the trained range and every DiT call grows with the video. Set "
             f"history_window (e.g. {SUGGESTED_HISTORY_WINDOW}) to bound both.")
         shape = DiTShape.of_model(self.dit)
         if shape is None:  # a stand-in model without the DiT's layers (tests)
             return message
-        full = dit_activation_bytes(shape, *size, num_units - 1, batch, self.dtype)
-        windowed = dit_activation_bytes(shape, *size, num_units - 1, batch, self.dtype, SUGGESTED_HISTORY_WINDOW)
+        full = dit_activation_bytes(shape, *size, latent_frames - 1, batch, self.dtype)
+        windowed = dit_activation_bytes(shape, *size, latent_frames - 1, batch, self.dtype, SUGGESTED_HISTORY_WINDOW)
         return (f"{message} The last frame needs about {full / 2**30:.1f} GiB of DiT activations; with "
                 f"history_window {SUGGESTED_HISTORY_WINDOW}, {windowed / 2**30:.1f} GiB for any length.")
 
-    def _latent_noise(self, batch: int, first_unit: int, units: int, height: int, width: int) -> torch.Tensor:
-        """Stage-0 noise [B, C, units, h0, w0] of units first_unit .. first_unit + units - 1."""
-        shape = (batch, LATENT_CHANNELS, units, height // SPATIAL_SCALE, width // SPATIAL_SCALE)
+    def _latent_noise(self, batch: int, first_unit: int, count: int, height: int, width: int) -> torch.Tensor:
+        """Stage-0 noise [B, C, count, h0, w0] of units first_unit .. first_unit + count - 1."""
+        shape = (batch, LATENT_CHANNELS, count, height // SPATIAL_SCALE, width // SPATIAL_SCALE)
         return noise_pyramid_bottom(self.noise.latents(shape, first_unit, self.device, self.dtype), self.scheduler.stages)
 
     @torch.no_grad()
@@ -214,21 +214,21 @@ class PyramidSampler:
         *,
         height: int,
         width: int,
-        temp: int,
+        latent_frames: int,
         first_frame_steps: Steps,
         video_steps: Steps,
         guidance_scale: float,
         video_guidance_scale: float,
         history_window: Optional[int] = None,
     ) -> torch.Tensor:
-        """temp latent frames (temp=1: an image) -> normalised latents [B, 16, temp, h, w]. Unit 0 uses
+        """``latent_frames`` (1: an image) -> normalised latents [B, 16, latent_frames, h, w]. Unit 0 uses
         ``first_frame_steps`` and ``guidance_scale``, later units ``video_steps`` and ``video_guidance_scale``."""
         stages = self.scheduler.stages
         first_frame_steps, video_steps = stage_steps(first_frame_steps, stages), stage_steps(video_steps, stages)
         batch = PromptSchedule.of(cond).batch
-        noise = self._latent_noise(batch, 0, temp, height, width)
-        total = count_dit_steps(temp, first_frame_steps, video_steps, stages, from_scratch=True)
-        run = self._start(cond, uncond, guidance_scale, temp, total, history_window, (height, width))
+        noise = self._latent_noise(batch, 0, latent_frames, height, width)
+        total = count_dit_steps(latent_frames, first_frame_steps, video_steps, stages, from_scratch=True)
+        run = self._start(cond, uncond, guidance_scale, latent_frames, total, history_window, (height, width))
         first = run.generate_unit(0, noise[:, :, :1], [], first_frame_steps, guidance_scale)
         return run.continue_video([first], noise[:, :, 1:], video_steps, video_guidance_scale)
 
@@ -240,21 +240,21 @@ class PyramidSampler:
         *,
         image_moments: torch.Tensor,
         variant: Variant,
-        temp: int,
+        latent_frames: int,
         steps: Steps,
         guidance_scale: float,
         video_guidance_scale: float,
         history_window: Optional[int] = None,
     ) -> torch.Tensor:
         """The image's VAE moments [B, 32, 1, h, w] (mean ‖ logvar, VAE space) -> normalised latents
-        [B, 16, temp, h, w]; ``temp`` counts the image.
+        [B, 16, latent_frames, h, w]; ``latent_frames`` counts the image.
 
         Draws in the official order: the video noise first, then the image's posterior sample (normalised with
         the variant's image constants) becomes frame 0. Every generated unit uses ``video_guidance_scale``.
         """
         height, width = image_moments.shape[-2] * SPATIAL_SCALE, image_moments.shape[-1] * SPATIAL_SCALE
         batch = PromptSchedule.of(cond).batch
-        noise = self._latent_noise(batch, 1, temp - 1, height, width)
+        noise = self._latent_noise(batch, 1, latent_frames - 1, height, width)
         first = normalize(draw_posterior(self.noise, image_moments.to(device=self.device, dtype=self.dtype)), variant)
         return self._extend(cond, uncond, first, noise, steps, guidance_scale, video_guidance_scale, history_window)
 
@@ -265,18 +265,18 @@ class PyramidSampler:
         uncond: Optional[TextEmbeddings],
         *,
         history: torch.Tensor,
-        units: int,
+        new_latent_frames: int,
         steps: Steps,
         guidance_scale: float,
         video_guidance_scale: float,
         history_window: Optional[int] = None,
     ) -> torch.Tensor:
-        """Continue a video: normalised latents [B, 16, T0, h, w] -> [B, 16, T0 + units, h, w], the given frames
+        """Continue a video: normalised latents [B, 16, T0, h, w] -> [B, 16, T0 + new_latent_frames, h, w], the given frames
         unchanged. Every new unit uses ``steps`` and ``video_guidance_scale``; with the default noise, unit u draws
         what it would draw in a single longer run. A one-frame history is image-to-video from a given latent."""
         height, width = history.shape[-2] * SPATIAL_SCALE, history.shape[-1] * SPATIAL_SCALE
         check_history(history, PromptSchedule.of(cond).batch)
-        noise = self._latent_noise(history.shape[0], history.shape[2], units, height, width)
+        noise = self._latent_noise(history.shape[0], history.shape[2], new_latent_frames, height, width)
         history = history.to(device=self.device, dtype=self.dtype)
         return self._extend(cond, uncond, history, noise, steps, guidance_scale, video_guidance_scale, history_window)
 

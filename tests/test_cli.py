@@ -191,3 +191,10 @@ def test_a_30_second_384p_video_with_a_history_window(tmp_path, monkeypatch):
         stream = container.streams.video[0]
         assert (stream.width, stream.height) == (640, 384)
         assert sum(1 for _ in container.decode(stream)) == 721
+
+
+def test_latent_frames_is_the_flag_and_temp_its_official_alias():
+    parser = cli.build_parser()
+    assert parser.parse_args(["x", "--latent-frames", "3"]).latent_frames == 3
+    assert parser.parse_args(["x", "--temp", "3"]).latent_frames == 3
+    assert "latent frames" in parser.format_help()

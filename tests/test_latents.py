@@ -23,15 +23,15 @@ def test_variants_by_official_name():
 
 
 def test_durations_map_to_the_official_frame_counts():
-    assert latent_utils.temp_for_seconds(5) == 16 and latent_utils.frames_for_temp(16) == 121
-    assert latent_utils.temp_for_seconds(10) == 31 and latent_utils.frames_for_temp(31) == 241
-    assert latent_utils.temp_for_seconds(0) == 1 and latent_utils.frames_for_temp(1) == 1
+    assert latent_utils.latent_frames_for_seconds(5) == 16 and latent_utils.video_frames_for(16) == 121
+    assert latent_utils.latent_frames_for_seconds(10) == 31 and latent_utils.video_frames_for(31) == 241
+    assert latent_utils.latent_frames_for_seconds(0) == 1 and latent_utils.video_frames_for(1) == 1
 
 
 def test_duration_always_covers_the_request():
     for tenths in range(0, 120):
         seconds = tenths / 10
-        frames = latent_utils.frames_for_temp(latent_utils.temp_for_seconds(seconds))
+        frames = latent_utils.video_frames_for(latent_utils.latent_frames_for_seconds(seconds))
         assert frames >= seconds * latent_utils.FPS or frames == 1
 
 
@@ -56,9 +56,9 @@ def test_uint8_conversion_truncates():
 
 
 def test_image_checkpoint_refuses_video_lengths():
-    latent_utils.check_temp(1, "image")
-    latent_utils.check_temp(31, "768p")
+    latent_utils.check_latent_frames(1, "image")
+    latent_utils.check_latent_frames(31, "768p")
     with pytest.raises(ValueError, match="image DiT"):
-        latent_utils.check_temp(2, "image")
+        latent_utils.check_latent_frames(2, "image")
     with pytest.raises(ValueError, match="at least 1"):
-        latent_utils.check_temp(0, "384p")
+        latent_utils.check_latent_frames(0, "384p")

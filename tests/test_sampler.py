@@ -37,14 +37,14 @@ def _text(value: float) -> TextEmbeddings:
 
 def _t2v(dit, seed=0, guidance=7.0, temp=3, callback=None, cond=None, **kwargs):
     sampler = PyramidSampler(dit, SeededNoise(seed), CPU, torch.float32, callback=callback)
-    return sampler.text_to_video(cond or _text(1.0), _text(-1.0), height=128, width=192, temp=temp,
+    return sampler.text_to_video(cond or _text(1.0), _text(-1.0), height=128, width=192, latent_frames=temp,
                                  first_frame_steps=[2, 1, 1], video_steps=[1, 1, 2], guidance_scale=guidance,
                                  video_guidance_scale=5.0, **kwargs)
 
 
 def _extend(dit, history, units, seed=0, **kwargs):
     sampler = PyramidSampler(dit, SeededNoise(seed), CPU, torch.float32)
-    return sampler.extend(_text(1.0), _text(-1.0), history=history, units=units, steps=[1, 1, 2], guidance_scale=7.0,
+    return sampler.extend(_text(1.0), _text(-1.0), history=history, new_latent_frames=units, steps=[1, 1, 2], guidance_scale=7.0,
                           video_guidance_scale=5.0, **kwargs)
 
 
@@ -107,7 +107,7 @@ def test_i2v_draws_the_image_sample_after_the_video_noise_and_keeps_it():
     dit = LinearDiT()
     moments = torch.cat([torch.randn(1, 16, 1, 8, 8), torch.full((1, 16, 1, 8, 8), -2.0)], dim=1)
     sampler = PyramidSampler(dit, SeededNoise(0), CPU, torch.float32)
-    latents = sampler.image_to_video(_text(1.0), _text(0.0), image_moments=moments, variant=MINIFLUX, temp=3, steps=1,
+    latents = sampler.image_to_video(_text(1.0), _text(0.0), image_moments=moments, variant=MINIFLUX, latent_frames=3, steps=1,
                                      guidance_scale=7.0, video_guidance_scale=4.0)
     sample = moments[:, :16] + torch.exp(0.5 * moments[:, 16:]) * SeededNoise(0).posterior((1, 16, 1, 8, 8), CPU, torch.float32)
     assert torch.equal(latents[:, :, :1], (sample - MINIFLUX.image_norm.shift) * MINIFLUX.image_norm.scale)

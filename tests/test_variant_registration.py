@@ -52,6 +52,6 @@ def test_a_registered_variant_is_detected_loaded_and_sampled(fake, tmp_path):
     with pytest.raises(ValueError, match="the pooled vector of the fake CLIP"):
         text.validate("fake", pooled_dim=9)
     sampler = PyramidSampler(model, SeededNoise(0), torch.device("cpu"), torch.float32)
-    latents = sampler.text_to_video(text, text, height=64, width=64, temp=2, first_frame_steps=1, video_steps=1,
+    latents = sampler.text_to_video(text, text, height=64, width=64, latent_frames=2, first_frame_steps=1, video_steps=1,
                                     guidance_scale=2.0, video_guidance_scale=2.0)
     assert latents.shape == (1, 16, 2, 8, 8) and torch.isfinite(latents).all()

@@ -59,11 +59,11 @@ def check_schedule(entries: Sequence[Tuple[float, object]]) -> None:
             )
 
 
-def schedule_units(entries: Sequence[Tuple[float, T]], num_units: int) -> List[Tuple[int, T]]:
+def schedule_units(entries: Sequence[Tuple[float, T]], latent_frames: int) -> List[Tuple[int, T]]:
     """(seconds, prompt) entries -> (first unit, prompt), checked by :func:`check_schedule`. Entries at or after
-    the end of a video of ``num_units`` latent frames are dropped."""
+    the end of a video of ``latent_frames`` latent frames are dropped."""
     check_schedule(entries)
-    return [(unit_at_seconds(seconds), prompt) for seconds, prompt in entries if unit_at_seconds(seconds) < num_units]
+    return [(unit_at_seconds(seconds), prompt) for seconds, prompt in entries if unit_at_seconds(seconds) < latent_frames]
 
 
 @dataclass(frozen=True)

@@ -441,7 +441,7 @@ def test_text_to_image_with_the_image_dit(comfy_env):
     latent, frames = PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive, negative=negative,
                                                              duration_seconds=0.0)).result
     assert frames == 1 and latent["samples"].shape == (1, 16, 1, 16, 16)
-    with pytest.raises(ValueError, match="image DiT.*temp=1"):
+    with pytest.raises(ValueError, match="image DiT.*1 latent frame"):
         PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive, negative=negative))
 
 
