@@ -14,6 +14,7 @@ from . import latents as latent_utils
 from .dtypes import COMPUTE_DTYPES
 from .ops import bound_onednn_caches
 from .pipeline import PyramidFlowPipeline
+from .placement import OUT_OF_MEMORY
 from .text import DEFAULT_NEGATIVE_PROMPT
 from .vae import FAST_DECODE, SAVE_MEMORY_DECODE
 from .video_io import load_latents, read_video, save_latents, write_mp4, write_pngs
@@ -29,8 +30,16 @@ DEFAULT_MODEL_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pyramid_flo
 
 
 def parse_steps(text: str) -> List[int]:
-    steps = [int(s) for s in text.replace(" ", "").split(",")]
-    return steps * 3 if len(steps) == 1 else steps
+    """'20' or '20,20,20' -> steps per pyramid stage; anything else is an argparse error that says the form."""
+    try:
+        steps = [int(s) for s in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a step count: give one number or three separated by "
+                                         "commas, e.g. 20 or 20,20,20") from None
+    steps = steps * 3 if len(steps) == 1 else steps
+    if len(steps) != 3 or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': give 3 positive step counts (one per pyramid stage) or one")
+    return steps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +118,39 @@ def load_history(path: str, pipe: PyramidFlowPipeline, width: int, height: int, 
     return pipe.frames_to_history(read_video(path), size=(width, height), callback=callback), {}
 
 
+def check_arguments(args) -> None:
+    """Numbers no run can use, refused before anything loads."""
+    if args.latent_frames is not None and args.latent_frames < 1:
+        raise ValueError(f"--latent-frames {args.latent_frames}: a video needs at least 1 latent frame.")
+    if args.latent_frames is None and not args.duration >= 0:
+        raise ValueError(f"--duration {args.duration}: give a length in seconds, 0 or more (0 makes one image).")
+    if args.extend and args.latent_frames is None and not args.duration > 0:
+        raise ValueError(f"--duration {args.duration}: with --extend, give the seconds to add (more than 0).")
+    for name in ("image", "extend"):
+        path = getattr(args, name)
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"--{name} '{path}' does not exist (or is not a file).")
+    check_output(args.output)
+
+
+def check_output(output: str) -> None:
+    """Refuse an output that cannot be written before the run, not after an hour of sampling."""
+    target = os.path.abspath(output)
+    folder = os.path.dirname(target) if output.endswith(".mp4") else target
+    if output.endswith(".mp4") and os.path.isdir(target):
+        raise IsADirectoryError(f"--output '{output}' is a folder; give a file name ending in .mp4, or a folder "
+                                "without .mp4 for PNG frames.")
+    if output.endswith(".mp4") and not os.path.isdir(folder):
+        raise FileNotFoundError(f"--output '{output}': the folder '{folder}' does not exist; create it first.")
+    existing = folder
+    while not os.path.isdir(existing):
+        if os.path.exists(existing):
+            raise NotADirectoryError(f"--output '{output}': '{existing}' is a file, not a folder.")
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"--output '{output}': '{existing}' is not writable; choose another --output.")
+
+
 def read_schedule(value: Optional[str]) -> Optional[str]:
     if value is None or not os.path.isfile(value):
         return value
@@ -116,10 +158,32 @@ def read_schedule(value: Optional[str]) -> Optional[str]:
         return f.read()
 
 
+EXIT_USER_ERROR, EXIT_OUT_OF_MEMORY, EXIT_INTERRUPTED = 2, 3, 130
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line: :func:`run`, with the errors a user can fix printed as one line naming the problem and the
+    fix (exit 2; 3 for out of memory; 130 for Ctrl-C) instead of a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        log.error("pyramid_flow: interrupted.")
+        return EXIT_INTERRUPTED
+    except OUT_OF_MEMORY as err:
+        log.error("pyramid_flow: out of memory (%s). Bound the history (--history-window 16), make a shorter or "
+                  "smaller video, keep offloading on (no --no-offload), or use --dtype bf16.", str(err).splitlines()[0])
+        return EXIT_OUT_OF_MEMORY
+    except (ValueError, OSError) as err:  # bad input: sizes, files, formats, paths (CheckpointError is a ValueError)
+        log.error("pyramid_flow: error: %s", err)
+        return EXIT_USER_ERROR
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """Parse ``argv`` and make the video; raises on any error."""
     bound_onednn_caches()
     args = build_parser().parse_args(argv)
+    check_arguments(args)
     width, height = args.width or PRESETS[args.resolution][0], args.height or PRESETS[args.resolution][1]
     latent_utils.check_resolution(width, height)
     latent_frames = 1 if args.resolution == "image" else (args.latent_frames

@@ -49,7 +49,7 @@ def test_cli_image_to_video_writes_pngs(tmp_path, monkeypatch):
     image = tmp_path / "first.png"
     Image.new("RGB", (300, 200), (200, 50, 50)).save(image)
     frames_dir = tmp_path / "frames"
-    cli.main(["a red square", "--image", str(image), "--tiny", "--width", "128", "--height", "64", "--temp", "2",
+    cli.run(["a red square", "--image", str(image), "--tiny", "--width", "128", "--height", "64", "--temp", "2",
               "--video-steps", "1", "--output", str(frames_dir)])
     assert len(os.listdir(frames_dir)) == 9
     assert Image.open(frames_dir / "frame_00000.png").size == (128, 64)
@@ -58,12 +58,12 @@ def test_cli_image_to_video_writes_pngs(tmp_path, monkeypatch):
 def test_cli_rejects_a_bad_resolution_before_loading(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "resolve_model", lambda args: pytest.fail("model loaded before the size was checked"))
     with pytest.raises(ValueError, match="multiple of 64"):
-        cli.main(["x", "--width", "100", "--output", str(tmp_path / "x.mp4")])
+        cli.run(["x", "--width", "100", "--output", str(tmp_path / "x.mp4")])
 
 
 def test_cli_explicit_model_folder_that_is_missing_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="incomplete. Missing"):
-        cli.main(["x", "--model", str(tmp_path / "nothing"), "--temp", "1", "--output", str(tmp_path / "x.mp4")])
+        cli.run(["x", "--model", str(tmp_path / "nothing"), "--temp", "1", "--output", str(tmp_path / "x.mp4")])
 
 
 def test_image_dit_asked_for_video_fails_before_any_work(tmp_path, monkeypatch):
@@ -120,7 +120,7 @@ def test_a_broken_model_folder_is_an_error_not_a_tiny_fallback(tmp_path, monkeyp
     weights = _copy_tiny(tmp_path, tiny_root) / "diffusion_transformer_384p" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors.*truncated"):
-        cli.main(["x", "--temp", "1", "--width", "64", "--height", "64", "--output", str(tmp_path / "x.mp4")])
+        cli.run(["x", "--temp", "1", "--width", "64", "--height", "64", "--output", str(tmp_path / "x.mp4")])
     assert not (tmp_path / "x.mp4").exists()
 
 
@@ -130,7 +130,7 @@ def test_an_incomplete_model_folder_is_an_error_not_a_tiny_fallback(tmp_path, mo
     monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", str(tmp_path / "models"))
     shutil.rmtree(_copy_tiny(tmp_path, tiny_root) / "causal_video_vae")
     with pytest.raises(CheckpointError, match="(?s)incomplete. Missing.*causal_video_vae"):
-        cli.main(["x", "--temp", "1", "--width", "64", "--height", "64", "--output", str(tmp_path / "x.mp4")])
+        cli.run(["x", "--temp", "1", "--width", "64", "--height", "64", "--output", str(tmp_path / "x.mp4")])
 
 
 def _run(tmp_path, *args):

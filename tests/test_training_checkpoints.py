@@ -137,7 +137,7 @@ def test_a_training_dict_without_weights_names_its_keys(tmp_path):
 
 def _cli_latent(tmp_path, name: str, root: str, *extra: str):
     latent = tmp_path / f"{name}.safetensors"
-    cli.main(["a red panda", "--model", root, "--width", "128", "--height", "64", "--temp", "2", "--steps", "1",
+    cli.run(["a red panda", "--model", root, "--width", "128", "--height", "64", "--temp", "2", "--steps", "1",
               "--video-steps", "1", "--save-latent", str(latent), "--output", str(tmp_path / f"{name}.mp4"), *extra])
     return load_latents(str(latent))[0]
 

@@ -10,21 +10,36 @@ negative prompt stays one prompt for the whole video.
 """
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
-from ..latents import unit_at_seconds
+from ..latents import FPS, unit_at_seconds, video_frames_for
 from .embeddings import TextEmbeddings
 
 T = TypeVar("T")  # what a schedule entry carries: a prompt, or its embeddings
 
-_ENTRY = re.compile(r"(?:^|\n|\s/\s)\s*(\d+(?:\.\d+)?)\s*s?\s*:")
+# An entry starts a line or follows " / ": a time (anything number-like, checked below), an optional "s", a colon.
+_ENTRY = re.compile(r"(?:^|\n|\s/\s)\s*(-?\.?\d[\d.eE+-]*)\s*s?\s*:")
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"Prompt schedule: '{text}' is not a time in seconds. Write entries as '<seconds>: <prompt>', "
+                         "e.g. '0: a red panda / 4.5: the panda jumps'.") from None
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"Prompt schedule: the time {text} s is not a moment of the video; times count from 0 s.")
+    return seconds
 
 
 def parse_prompt_schedule(text: str) -> List[Tuple[float, str]]:
     """'0: a / 4: b' -> [(0.0, 'a'), (4.0, 'b')]; text without a leading time is one prompt from 0 s."""
+    if not text.strip():
+        raise ValueError("Prompt schedule is empty: give at least '0: <prompt>'.")
     matches = list(_ENTRY.finditer(text))
     if not matches or text[: matches[0].start()].strip():
         if matches:
@@ -35,11 +50,16 @@ def parse_prompt_schedule(text: str) -> List[Tuple[float, str]]:
         return [(0.0, text.strip())]
     entries = []
     for match, following in zip(matches, matches[1:] + [None]):
+        seconds = _seconds(match.group(1))
         prompt = text[match.end() : following.start() if following else len(text)].strip()
         if not prompt:
             raise ValueError(f"Prompt schedule: the entry at {match.group(1)} s has no prompt.")
-        entries.append((float(match.group(1)), prompt))
+        entries.append((seconds, prompt))
     return entries
+
+
+def video_seconds(latent_frames: int) -> float:
+    return video_frames_for(latent_frames) / FPS
 
 
 def check_schedule(entries: Sequence[Tuple[float, object]]) -> None:
@@ -63,6 +83,11 @@ def schedule_units(entries: Sequence[Tuple[float, T]], latent_frames: int) -> Li
     """(seconds, prompt) entries -> (first unit, prompt), checked by :func:`check_schedule`. Entries at or after
     the end of a video of ``latent_frames`` latent frames are dropped."""
     check_schedule(entries)
+    late = [seconds for seconds, _ in entries if unit_at_seconds(seconds) >= latent_frames]
+    if late:
+        warnings.warn(f"Prompt schedule: the entries at {', '.join(f'{s:g}' for s in late)} s start after the video "
+                      f"ends ({latent_frames} latent frames, {video_seconds(latent_frames):.2f} s); they are not used.",
+                      stacklevel=3)
     return [(unit_at_seconds(seconds), prompt) for seconds, prompt in entries if unit_at_seconds(seconds) < latent_frames]
 
 
