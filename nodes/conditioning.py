@@ -9,8 +9,6 @@ Either way the result is T5 hidden states cut/padded to 128 tokens with their ma
 (miniFLUX: CLIP-L un-projected 768; SD3: CLIP-L and CLIP-G projected, 2048).
 """
 
-from typing import Callable, List, Tuple
-
 import torch
 
 import comfy.model_management as mm
@@ -19,78 +17,13 @@ from comfy_api.v0_0_2 import io
 from ..pyramid_flow.image import RESIZE_MODES
 from ..pyramid_flow.latents import RESOLUTION_MULTIPLE
 from ..pyramid_flow.orchestration import encode_first_frame, encode_prompts
-from ..pyramid_flow.text import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, TextEmbeddings
-from ..pyramid_flow.text.embeddings import TEXT_TOKENS
-from ..pyramid_flow.variants import VARIANTS, Variant, get_variant
+from ..pyramid_flow.text import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX
 from . import runtime
 from .base import PyramidFlowNode
-from .common import MAX_SIZE, T5_EOS, check_image, check_size, pad_embeddings, t5_window
+from .common import MAX_SIZE, check_image, check_size
 from .types import MOMENTS_KEY, START_SECONDS_KEY, TextEncoderSocket, VAESocket
 
 CATEGORY = "PyramidFlow/conditioning"
-
-
-# --- encoding -------------------------------------------------------------------------------------------------
-
-
-def clip_variant(clip) -> Variant:
-    """The variant whose sub-encoders the CLIP object has (the one needing most, if several fit)."""
-    model = clip.cond_stage_model
-    fitting = [v for v in VARIANTS.values() if all(getattr(model, part, None) is not None for part in v.comfy_clip)]
-    if not fitting:
-        loaders = "; ".join(f"{v.display_name}: {v.comfy_clip_loader}" for v in VARIANTS.values())
-        raise TypeError(f"This CLIP lacks the text encoders Pyramid Flow needs. {loaders}.")
-    return max(fitting, key=lambda v: len(v.comfy_clip))
-
-
-def _t5_pairs(pairs):
-    """ComfyUI (token, weight) pairs of one T5 batch -> the official 128-token window (EOS kept, padding dropped)."""
-    ids = [p[0] for p in pairs if isinstance(p[0], int)]
-    weights = [p[1] for p in pairs if isinstance(p[0], int)]
-    window, n = t5_window(ids)
-    return [(tok, weights[i] if i < n - 1 else 1.0) for i, tok in enumerate(window[:-1])] + [(T5_EOS, 1.0)], n
-
-
-def encode_with_clip(clip, text: str) -> TextEmbeddings:
-    """Encode one prompt with a ComfyUI CLIP object without leaving any change on it.
-
-    The tokenizer is only read. The sub-encoders' options (projected pooled output) are set for this call and
-    reset afterwards, exactly as ``CLIP.encode_from_tokens`` resets them before every encode. T5 gets only the
-    real tokens (no padding), so its un-masked attention equals the official masked attention on those tokens.
-    """
-    clip = clip.clone()
-    variant = clip_variant(clip)
-    tokens = clip.tokenize(text)
-    model = clip.cond_stage_model
-    t5_pairs, n = _t5_pairs(tokens["t5xxl"][0])
-    clip.load_model()
-    model.reset_clip_options()
-    try:
-        t5_hidden = model.t5xxl.encode_token_weights([t5_pairs])[0]
-        pooled = []
-        for part in variant.comfy_clip[:-1]:  # the CLIPs, in pooled order; T5 is last
-            encoder = getattr(model, part)
-            encoder.set_clip_options({"projected_pooled": variant.clip_projected})
-            pooled.append(encoder.encode_token_weights([tokens[part.split("_")[1]][0]])[1])
-    finally:
-        model.reset_clip_options()
-    prompt_embeds, mask = pad_embeddings(t5_hidden.float(), n, TEXT_TOKENS)
-    return TextEmbeddings(prompt_embeds=prompt_embeds, attention_mask=mask, pooled=torch.cat(pooled, dim=-1).float())
-
-
-def text_encoder_for(clip, text_encoder) -> Tuple[Variant, Callable[[List[str]], TextEmbeddings]]:
-    """The variant and an encode(texts) -> embeddings batch of exactly one of the two encoder sources."""
-    if (clip is None) == (text_encoder is None):
-        raise ValueError("Connect exactly one text encoder: a CLIP (DualCLIPLoader flux / TripleCLIPLoader) or a "
-                         "Pyramid Flow Text Encoder Loader output.")
-    if clip is not None:
-        return clip_variant(clip), lambda texts: TextEmbeddings.cat([encode_with_clip(clip, t) for t in texts])
-
-    def encode(texts: List[str]) -> TextEmbeddings:
-        with runtime.text_encoder_placement(text_encoder).loaded() as encoder, torch.no_grad():
-            return encoder.encode(texts)
-
-    return get_variant(text_encoder.model.variant_name), encode
 
 
 def _text_inputs(prompt: io.Input) -> list:
@@ -132,7 +65,7 @@ class PyramidFlowVideoTextEncode(PyramidFlowNode):
     @classmethod
     def process(cls, prompt: str, negative_prompt: str, add_quality_suffix: bool = True, clip=None,
                 text_encoder=None) -> io.NodeOutput:
-        variant, encode = text_encoder_for(clip, text_encoder)
+        variant, encode = runtime.text_encoder_for(clip, text_encoder)
         ((_, positive),), negative = encode_prompts(encode, prompt, negative_prompt, add_suffix=add_quality_suffix)
         return io.NodeOutput(runtime.to_conditioning(positive, variant), runtime.to_conditioning(negative, variant))
 
@@ -158,7 +91,7 @@ class PyramidFlowVideoPromptSchedule(PyramidFlowNode):
     @classmethod
     def process(cls, schedule: str, negative_prompt: str, add_quality_suffix: bool = True, clip=None,
                 text_encoder=None) -> io.NodeOutput:
-        variant, encode = text_encoder_for(clip, text_encoder)
+        variant, encode = runtime.text_encoder_for(clip, text_encoder)
         timed, negative = encode_prompts(encode, None, negative_prompt, schedule, add_quality_suffix)
         positive = [runtime.to_conditioning(embeddings, variant, **{START_SECONDS_KEY: seconds})[0]
                     for seconds, embeddings in timed]
@@ -187,6 +120,10 @@ class PyramidFlowVideoImageToVideo(PyramidFlowNode):
             outputs=[io.Latent.Output(display_name="image_latent",
                                       tooltip="First-frame latent for the sampler's image_latent input.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, resize_mode: str):
+        return cls.check_combos(resize_mode=resize_mode)
 
     @classmethod
     def process(cls, vae, image: torch.Tensor, width: int, height: int, resize_mode: str) -> io.NodeOutput:

@@ -8,7 +8,7 @@ import comfy.ops
 from comfy_api.v0_0_2 import io
 
 from ..pyramid_flow.dit import load_dit
-from ..pyramid_flow.dtypes import COMPUTE_DTYPES, WEIGHT_DTYPES, compute_dtype
+from ..pyramid_flow.dtypes import COMPUTE_DTYPES, WEIGHT_DTYPES, compute_dtype, dtype_name_error
 from ..pyramid_flow.loading.detect import checkpoint_kind
 from ..pyramid_flow.loading.state_dict import CheckpointError
 from ..pyramid_flow.text import PyramidTextEncoder
@@ -64,13 +64,23 @@ class PyramidFlowVideoModelLoader(PyramidFlowNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model: str, weight_dtype: str):
+        return cls.check_combos(model=model, weight_dtype=weight_dtype)
+
+    @classmethod
+    def combo_error(cls, name: str, value, options) -> str:
+        if name == "model":
+            return models.missing_message(value, "diffusion_models", "DiT", "dit")
+        return dtype_name_error(value, options)
+
+    @classmethod
     def process(cls, model: str, weight_dtype: str, download_if_missing: bool = False,
                 use_ema: bool = False) -> io.NodeOutput:
         path = models.resolve(model, "diffusion_models", download_if_missing, "DiT", "dit")
         fp8_matmul = weight_dtype.endswith(FAST_SUFFIX)
         weight = WEIGHT_DTYPES.get(weight_dtype.removesuffix(FAST_SUFFIX))
         if weight is None:
-            raise ValueError(f"weight_dtype '{weight_dtype}' is not supported by this PyTorch build.")
+            raise ValueError(dtype_name_error(weight_dtype, WEIGHT_DTYPES))
         load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
         compute = compute_dtype(weight)
         if compute == torch.bfloat16 and not mm.should_use_bf16(load_device) and not mm.is_device_cpu(load_device):
@@ -105,6 +115,16 @@ class PyramidFlowVideoVAELoader(PyramidFlowNode):
             ],
             outputs=[VAESocket.Output(display_name="vae", tooltip="The Pyramid Flow causal video VAE, managed by ComfyUI.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, vae: str, dtype: str):
+        return cls.check_combos(vae=vae, dtype=dtype)
+
+    @classmethod
+    def combo_error(cls, name: str, value, options) -> str:
+        if name == "vae":
+            return models.missing_message(value, "vae", "VAE", "vae")
+        return dtype_name_error(value, options)
 
     @classmethod
     def process(cls, vae: str, dtype: str, download_if_missing: bool = False) -> io.NodeOutput:
@@ -143,6 +163,16 @@ class PyramidFlowVideoTextEncoderLoader(PyramidFlowNode):
             outputs=[TextEncoderSocket.Output(display_name="text_encoder",
                                               tooltip="The official Pyramid Flow text encoders, managed by ComfyUI.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_folder: str, dtype: str):
+        return cls.check_combos(model_folder=model_folder, dtype=dtype)
+
+    @classmethod
+    def combo_error(cls, name: str, value, options) -> str:
+        if name == "model_folder":
+            return models.missing_message(value, None, "text encoder folder", "text")
+        return dtype_name_error(value, options)
 
     @classmethod
     def process(cls, model_folder: str, dtype: str, download_if_missing: bool = False) -> io.NodeOutput:

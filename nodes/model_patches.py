@@ -35,6 +35,10 @@ class PyramidFlowVideoTorchCompile(PyramidFlowNode):
         )
 
     @classmethod
+    def validate_inputs(cls, backend: str, mode: str):
+        return cls.check_combos(backend=backend, mode=mode)
+
+    @classmethod
     def process(cls, model, backend: str, mode: str, dynamic: bool) -> io.NodeOutput:
         patched = model.clone()
         patched.model_options[COMPILE_OPTIONS_KEY] = {"backend": backend, "mode": mode, "dynamic": dynamic or None}

@@ -118,6 +118,12 @@ def _find_repo_path(name: str) -> Optional[str]:
     return None
 
 
+COMPONENT_FOLDERS = {  # which folders of a repository hold each component
+    "dit": lambda name: name.startswith(("diffusion_transformer", TRAINING_FOLDER_PREFIX)),
+    "vae": lambda name: name == hub.VAE_FOLDER,
+}
+
+
 def resolve(name: str, file_folder: Optional[str], download: bool, what: str, component: str,
             require_weights: bool = True) -> str:
     """Folder under models/pyramidflow/ or file under models/<file_folder>/; downloads the one missing folder
@@ -127,15 +133,38 @@ def resolve(name: str, file_folder: Optional[str], download: bool, what: str, co
         return path
     if file_folder is not None:
         full = folder_paths.get_full_path(file_folder, name)
-        if full is not None:
+        if full is not None and os.path.isfile(full):
             return full
     variant = _known_variant(name)
-    if variant is not None and download:
+    if variant is not None and download and (path is None or "/" in name):  # not a whole repository for one folder
         return download_component(name, variant, component)
+    raise FileNotFoundError(missing_message(name, file_folder, what, component))
+
+
+def missing_message(name: str, file_folder: Optional[str], what: str, component: str) -> str:
+    """Why ``name`` is not a usable model of ``component``, naming what is there instead: a repository folder
+    picked as the component, a folder named like a weight file, or nothing at all (with the download hint)."""
+    path = _find_repo_path(name)
+    if path is not None and component == "text":
+        return (f"'{name}' (models/{PYRAMIDFLOW_FOLDER}/{name}/) has no complete set of text_encoder*/ and "
+                "tokenizer*/ folders of a rain1011/pyramid-flow-* repository.")
+    if path is not None:
+        inside = sorted(f"{name}/{sub}" for sub in os.listdir(path) if COMPONENT_FOLDERS.get(component, bool)(sub)
+                        and os.path.isdir(os.path.join(path, sub)) and _has_weights(os.path.join(path, sub)))
+        if inside:
+            return (f"'{name}' is a model repository folder, not a {what}: pick one of the {what} folders inside it: "
+                    f"{', '.join(inside)}.")
+        return (f"'{name}' (models/{PYRAMIDFLOW_FOLDER}/{name}/) holds no weight file: expected one of "
+                f"{', '.join(WEIGHT_FILE_NAMES)}. Download the complete folder.")
+    folders = [os.path.join(root, name) for root in folder_paths.get_folder_paths(file_folder)] if file_folder else []
+    if any(os.path.isdir(folder) for folder in folders):
+        return (f"'{name}' in models/{file_folder}/ is a folder, not a weight file: pick the file inside it, or put "
+                f"the folder under models/{PYRAMIDFLOW_FOLDER}/ if it is an official component folder.")
+    variant = _known_variant(name)
     where = f"models/{PYRAMIDFLOW_FOLDER}/{name}/" + (f" or models/{file_folder}/{name}" if file_folder else "")
     hint = (f" Turn on 'download_if_missing' to fetch it from https://huggingface.co/{variant.repo_id}, or download"
             " that folder yourself." if variant is not None else "")
-    raise FileNotFoundError(f"Pyramid Flow {what} '{name}' not found: expected {where}.{hint}")
+    return f"Pyramid Flow {what} '{name}' not found: expected {where}.{hint}"
 
 
 def _node_progress_tqdm():

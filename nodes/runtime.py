@@ -7,7 +7,7 @@ node module holds its schema and a short ``process`` that calls them with what t
 
 import logging
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -24,6 +24,7 @@ from ..pyramid_flow.sampler import Conditioning, StepInfo
 from ..pyramid_flow.text import TextEmbeddings
 from ..pyramid_flow.text.embeddings import TEXT_TOKENS
 from ..pyramid_flow.variants import VARIANTS, Variant, get_variant
+from .common import T5_EOS, pad_embeddings, t5_window
 from .types import COMPILE_OPTIONS_KEY, NORMALIZED_KEY, SEED_KEY, START_SECONDS_KEY, VARIANT_KEY
 
 log = logging.getLogger("pyramid_flow")
@@ -180,6 +181,69 @@ def latent_output(latents: torch.Tensor, variant_name: str, seed: int) -> dict:
     normalized = latents.float().to(mm.intermediate_device())
     samples = denormalize(normalized, get_variant(variant_name))
     return {"samples": samples, NORMALIZED_KEY: normalized, VARIANT_KEY: variant_name, SEED_KEY: seed}
+
+
+# --- text ----------------------------------------------------------------------------------------------------
+
+
+def clip_variant(clip) -> Variant:
+    """The variant whose sub-encoders the CLIP object has (the one needing most, if several fit)."""
+    model = clip.cond_stage_model
+    fitting = [v for v in VARIANTS.values() if all(getattr(model, part, None) is not None for part in v.comfy_clip)]
+    if not fitting:
+        loaders = "; ".join(f"{v.display_name}: {v.comfy_clip_loader}" for v in VARIANTS.values())
+        raise TypeError(f"This CLIP lacks the text encoders Pyramid Flow needs. {loaders}.")
+    return max(fitting, key=lambda v: len(v.comfy_clip))
+
+
+def _t5_pairs(pairs):
+    """ComfyUI (token, weight) pairs of one T5 batch -> the official 128-token window (EOS kept, padding dropped)."""
+    ids = [p[0] for p in pairs if isinstance(p[0], int)]
+    weights = [p[1] for p in pairs if isinstance(p[0], int)]
+    window, n = t5_window(ids)
+    return [(tok, weights[i] if i < n - 1 else 1.0) for i, tok in enumerate(window[:-1])] + [(T5_EOS, 1.0)], n
+
+
+def encode_with_clip(clip, text: str) -> TextEmbeddings:
+    """Encode one prompt with a ComfyUI CLIP object without leaving any change on it.
+
+    The tokenizer is only read. The sub-encoders' options (projected pooled output) are set for this call and
+    reset afterwards, exactly as ``CLIP.encode_from_tokens`` resets them before every encode. T5 gets only the
+    real tokens (no padding), so its un-masked attention equals the official masked attention on those tokens.
+    """
+    clip = clip.clone()
+    variant = clip_variant(clip)
+    tokens = clip.tokenize(text)
+    model = clip.cond_stage_model
+    t5_pairs, n = _t5_pairs(tokens["t5xxl"][0])
+    clip.load_model()
+    model.reset_clip_options()
+    try:
+        t5_hidden = model.t5xxl.encode_token_weights([t5_pairs])[0]
+        pooled = []
+        for part in variant.comfy_clip[:-1]:  # the CLIPs, in pooled order; T5 is last
+            encoder = getattr(model, part)
+            encoder.set_clip_options({"projected_pooled": variant.clip_projected})
+            pooled.append(encoder.encode_token_weights([tokens[part.split("_")[1]][0]])[1])
+    finally:
+        model.reset_clip_options()
+    prompt_embeds, mask = pad_embeddings(t5_hidden.float(), n, TEXT_TOKENS)
+    return TextEmbeddings(prompt_embeds=prompt_embeds, attention_mask=mask, pooled=torch.cat(pooled, dim=-1).float())
+
+
+def text_encoder_for(clip, text_encoder) -> Tuple[Variant, Callable[[List[str]], TextEmbeddings]]:
+    """The variant and an encode(texts) -> embeddings batch of exactly one of the two encoder sources."""
+    if (clip is None) == (text_encoder is None):
+        raise ValueError("Connect exactly one text encoder: a CLIP (DualCLIPLoader flux / TripleCLIPLoader) or a "
+                         "Pyramid Flow Text Encoder Loader output.")
+    if clip is not None:
+        return clip_variant(clip), lambda texts: TextEmbeddings.cat([encode_with_clip(clip, t) for t in texts])
+
+    def encode(texts: List[str]) -> TextEmbeddings:
+        with text_encoder_placement(text_encoder).loaded() as encoder, torch.no_grad():
+            return encoder.encode(texts)
+
+    return get_variant(text_encoder.model.variant_name), encode
 
 
 # --- CONDITIONING --------------------------------------------------------------------------------------------

@@ -104,6 +104,10 @@ class PyramidFlowVideoSampler(PyramidFlowNode):
         )
 
     @classmethod
+    def validate_inputs(cls, noise: str = "default"):
+        return cls.check_combos(noise=noise)
+
+    @classmethod
     def process(cls, model, positive, negative, width: int, height: int, duration_seconds: float,
                 first_frame_steps_1: int, first_frame_steps_2: int, first_frame_steps_3: int, video_steps_1: int,
                 video_steps_2: int, video_steps_3: int, guidance_scale: float, video_guidance_scale: float,
@@ -195,6 +199,10 @@ class PyramidFlowVideoExtend(PyramidFlowNode):
             ],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, noise: str = "default"):
+        return cls.check_combos(noise=noise)
 
     @classmethod
     def process(cls, model, positive, negative, duration_seconds: float, video_steps_1: int, video_steps_2: int,

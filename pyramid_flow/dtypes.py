@@ -16,6 +16,18 @@ FP8_DTYPES: Dict[str, torch.dtype] = {
 WEIGHT_DTYPES: Dict[str, torch.dtype] = {**COMPUTE_DTYPES, **FP8_DTYPES}
 
 
+FP16_NAMES = ("fp16", "float16", "half")
+FP16_REASON = ("fp16 gives black or NaN videos: the Pyramid Flow models overflow in float16 (the official README says "
+               "so too). Use bf16, or fp32 on devices without bf16.")
+
+
+def dtype_name_error(name: str, offered) -> str:
+    """Why a dtype name is not offered: fp16's reason, or the names that are."""
+    if name.lower() in FP16_NAMES:
+        return FP16_REASON
+    return f"'{name}' is not a dtype offered here; use one of {', '.join(offered)}."
+
+
 def is_fp8(dtype: torch.dtype) -> bool:
     return dtype in FP8_DTYPES.values()
 

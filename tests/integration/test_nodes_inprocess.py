@@ -99,7 +99,7 @@ def test_clip_path_matches_official_math(comfy_env):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     from pyramid_flow_pack.nodes.common import t5_window
-    from pyramid_flow_pack.nodes.conditioning import encode_with_clip
+    from pyramid_flow_pack.nodes.runtime import encode_with_clip
 
     clip = tiny_clip("flux", torch.float32)  # ComfyUI's CPU default for text encoders is fp16
     text = "a red fox running through snow, hyper quality"
@@ -498,3 +498,31 @@ def test_the_model_loader_lists_and_loads_a_training_checkpoint_folder(comfy_env
             assert all(torch.equal(state[key], tensor) for key, tensor in expected.items())
     finally:
         shutil.rmtree(folder)
+
+
+def test_validators_refuse_options_outside_the_lists_for_the_right_reason(comfy_env, base_dir):
+    """validate_inputs of the nodes with combos, called as the queue calls them (both ComfyUI versions)."""
+    from pyramid_flow_pack.nodes.conditioning import PyramidFlowVideoImageToVideo
+    from pyramid_flow_pack.nodes.loaders import PyramidFlowVideoModelLoader, PyramidFlowVideoVAELoader
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoExtend, PyramidFlowVideoSampler
+
+    dit = PyramidFlowVideoModelLoader.validate_inputs
+    assert dit(model="pyramid-flow-miniflux/diffusion_transformer_384p", weight_dtype="bf16") is True
+    assert "fp16 gives black or NaN videos" in dit(model="pyramid-flow-miniflux/diffusion_transformer_384p",
+                                                   weight_dtype="fp16")
+    message = dit(model="pyramid-flow-miniflux", weight_dtype="bf16")
+    assert "is a model repository folder, not a DiT" in message and "diffusion_transformer_384p" in message
+    assert "not found" not in message and "download" not in message
+    folder = os.path.join(base_dir, "models", "diffusion_models", "inprocess_folder.safetensors")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        assert "is a folder, not a weight file" in dit(model="inprocess_folder.safetensors", weight_dtype="bf16")
+    finally:
+        os.rmdir(folder)
+    assert "'causal_video_vae_missing' not found" in PyramidFlowVideoVAELoader.validate_inputs(
+        vae="causal_video_vae_missing", dtype="fp32")
+    for node in (PyramidFlowVideoSampler, PyramidFlowVideoExtend):
+        assert node.validate_inputs(noise="official") is True
+        assert "'philox' is not an option of 'noise' (default, official)" in node.validate_inputs(noise="philox")
+    assert "'squash' is not an option of 'resize_mode'" in PyramidFlowVideoImageToVideo.validate_inputs(
+        resize_mode="squash")
