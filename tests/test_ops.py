@@ -65,7 +65,8 @@ print(rss_mb() - start)
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available() or not os.path.exists("/proc/self/statm"),
-                    reason="oneDNN's caches exist only where oneDNN runs; RSS read from Linux's /proc")
+                    reason="platform condition: oneDNN's caches exist only where torch has oneDNN (x86 and ARM "
+                                           "builds), and RSS is read from Linux's /proc")
 def test_onednn_caches_stay_bounded_over_many_shapes():
     """Unbounded, oneDNN's primitive caches grew by about 3.9 GB over this sweep of 1,100 matmul shapes on an
     AMD EPYC; bounded by pyramid_flow.ops.bound_onednn_caches, by 0.2 GB (a fresh process: the caches are read when
