@@ -4,6 +4,7 @@ frames out, and optionally the latent (to extend later)."""
 import argparse
 import logging
 import os
+import shutil
 import sys
 from typing import List, Optional, Tuple
 
@@ -15,6 +16,7 @@ from .dtypes import COMPUTE_DTYPES
 from .ops import bound_onednn_caches
 from .pipeline import PyramidFlowPipeline
 from .placement import OUT_OF_MEMORY
+from .resume import IDENTITY_FILE
 from .text import DEFAULT_NEGATIVE_PROMPT
 from .vae import FAST_DECODE, SAVE_MEMORY_DECODE
 from .video_io import load_latents, read_video, save_latents, write_mp4, write_pngs
@@ -86,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the DiT blocks (inductor; the first run compiles, which takes minutes)")
     p.add_argument("--save-latent", metavar="PATH", help="also write the final latent (.safetensors) to extend later")
+    p.add_argument("--work-dir", metavar="DIR",
+                   help="where the run keeps each finished latent frame, so that after any fault the same command "
+                        "continues from them (default: OUTPUT.resume beside --output; removed on success)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run (the same command does it by itself); an error if there is none")
+    p.add_argument("--restart", action="store_true", help="discard a stopped run's frames and start over")
+    p.add_argument("--keep-state", action="store_true", help="keep the finished frames after success")
     p.add_argument("--output", default="pyramid_flow.mp4", help="an .mp4 path, or a folder for PNG frames")
     return p
 
@@ -180,10 +189,40 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def run(argv: Optional[List[str]] = None) -> int:
-    """Parse ``argv`` and make the video; raises on any error."""
+    """Parse ``argv`` and make the video; raises on any error, after saying which finished frames are kept."""
     bound_onednn_caches()
     args = build_parser().parse_args(argv)
     check_arguments(args)
+    work_dir = args.work_dir or default_work_dir(args.output)
+    if args.restart:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    elif args.resume and not os.path.isfile(os.path.join(work_dir, IDENTITY_FILE)):
+        raise FileNotFoundError(f"--resume: there is no stopped run to continue in '{work_dir}' (give its --output "
+                                "or --work-dir).")
+    try:
+        make_video(args, work_dir)
+    except BaseException:
+        report_kept_frames(work_dir)
+        raise
+    if not args.keep_state:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+
+
+def default_work_dir(output: str) -> str:
+    """Where a run keeps its finished frames unless --work-dir says: beside the output."""
+    return os.path.abspath(output).rstrip(os.sep) + ".resume"
+
+
+def report_kept_frames(work_dir: str) -> None:
+    kept = len([name for name in os.listdir(work_dir) if name.startswith("frame_")]) if os.path.isdir(work_dir) else 0
+    if kept:
+        log.error("pyramid_flow: %d finished latent frames are kept in %s: run the same command again to continue "
+                  "from them (add --history-window 16 after an out-of-memory error; --restart starts over).",
+                  kept, work_dir)
+
+
+def make_video(args, work_dir: str) -> None:
     width, height = args.width or PRESETS[args.resolution][0], args.height or PRESETS[args.resolution][1]
     latent_utils.check_resolution(width, height)
     latent_frames = 1 if args.resolution == "image" else (args.latent_frames
@@ -196,7 +235,7 @@ def run(argv: Optional[List[str]] = None) -> int:
                                                dit_path=args.dit, vae_path=args.vae, ema=args.ema)
     schedule = read_schedule(args.prompt_schedule)
     common = dict(negative_prompt=args.negative, noise=args.noise, callback=ProgressBar("sampling").step,
-                  history_window=args.history_window, prompt_schedule=schedule)
+                  history_window=args.history_window, prompt_schedule=schedule, resume_dir=work_dir)
     if args.extend:
         history, metadata = load_history(args.extend, pipe, width, height, ProgressBar("encoding").piece)
         seed = args.seed if args.seed is not None else int(metadata.get("seed", 0))
@@ -229,7 +268,6 @@ def run(argv: Optional[List[str]] = None) -> int:
     label = " (tiny random-weight model: noise)" if tiny else ""
     h, w = latent_utils.pixel_size(latents)
     log.info("Wrote %d frames of %dx%d to %s%s", count, w, h, where, label)
-    return 0
 
 
 class ProgressBar:

@@ -13,19 +13,20 @@ a name says VAE space. B batch, T latent frames, h/w latent height and width.
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from .dit.compile import compiled_blocks
 from .image import ImageLike, first_frame_input, resize_to
-from .latents import (LATENT_CHANNELS, RESOLUTION_MULTIPLE, check_resolution, check_latent_frames, video_frames_for,
+from .latents import (LATENT_CHANNELS, PYRAMID_STAGES, RESOLUTION_MULTIPLE, check_resolution, check_latent_frames, video_frames_for,
                       normalize, pixel_size, resolution_warning, latent_frames_for_video)
 from .memory import decode_memory, dit_memory, encode_memory, vae_dtype
 from .noise import NoiseSource, make_noise
 from .placement import OUT_OF_MEMORY, Placement
-from .sampler import Conditioning, PyramidSampler, StepCallback, Steps
+from .resume import ResumeState, model_fingerprint, tensor_digest
+from .sampler import Conditioning, FrameCallback, PyramidSampler, StepCallback, Steps, stage_steps
 from .scheduler import PyramidFlowScheduler
 from .text import PromptSchedule, TextEmbeddings, effective_prompts, parse_prompt_schedule, schedule_units
 from .text.schedule import check_schedule
@@ -101,37 +102,78 @@ class SamplingSettings:
 
 
 def make_sampler(dit: torch.nn.Module, device: torch.device, dtype: torch.dtype, settings: SamplingSettings,
-                 callback: Optional[StepCallback] = None,
-                 scheduler: Optional[PyramidFlowScheduler] = None) -> PyramidSampler:
+                 callback: Optional[StepCallback] = None, scheduler: Optional[PyramidFlowScheduler] = None,
+                 frame_callback: Optional[FrameCallback] = None) -> PyramidSampler:
     """The sampler of a run, with its noise source: ``settings.noise`` itself when it is a source, else the one
     registered under its name, for ``settings.seed``."""
     scheduler = scheduler or PyramidFlowScheduler()
     noise = settings.noise
     if noise is None or isinstance(noise, str):
         noise = make_noise(noise or "default", settings.seed, gamma=scheduler.gamma, device=device)
-    return PyramidSampler(dit, noise, device, dtype, scheduler, callback)
+    return PyramidSampler(dit, noise, device, dtype, scheduler, callback, frame_callback)
+
+
+def resumable(settings: SamplingSettings) -> bool:
+    """Whether a stopped run with these settings can continue exactly: with the default noise, keyed per frame."""
+    return settings.noise is None or settings.noise == "default"
+
+
+def run_identity(dit: torch.nn.Module, variant: str, settings: SamplingSettings, size: Tuple[int, int], text: str,
+                 start: str) -> Dict[str, str]:
+    """What the frames of a run depend on, for its :class:`~pyramid_flow.resume.ResumeState`: the model, the seed,
+    the size, steps and guidance, the conditioning (``text``: the prompts of a request, or
+    :func:`conditioning_digest`) and what the run starts from (``start``: an input file's digest, or
+    :func:`~pyramid_flow.resume.tensor_digest` of image moments or of the video continued). Not its length,
+    history window, device or dtype: a retry may change those."""
+    return {
+        "variant": variant, "model": model_fingerprint(dit), "seed": str(settings.seed), "size": f"{size[1]}x{size[0]}",
+        "first_frame_steps": str(stage_steps(settings.first_frame_steps, PYRAMID_STAGES)),
+        "video_steps": str(stage_steps(settings.video_steps, PYRAMID_STAGES)),
+        "guidance_scale": repr(float(settings.guidance_scale)),
+        "video_guidance_scale": repr(float(settings.video_guidance_scale)), "text": text, "start": start,
+    }
+
+
+def conditioning_digest(cond: Conditioning, uncond: Optional[TextEmbeddings]) -> str:
+    """A digest of the positive conditioning (every prompt of a schedule, with its first frame) and the negative."""
+    entries = [t for unit, emb in PromptSchedule.of(cond).entries for t in (torch.tensor(float(unit)), *emb.tensors())]
+    return tensor_digest(*entries, *(uncond.tensors() if uncond is not None else (None,)))
 
 
 def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbeddings], settings: SamplingSettings, *,
            latent_frames: int, dtype: torch.dtype, size: Optional[Tuple[int, int]] = None,
            image_moments: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None, variant=None,
            callback: Optional[StepCallback] = None, compile_options: Optional[Mapping] = None,
-           scheduler: Optional[PyramidFlowScheduler] = None) -> torch.Tensor:
+           scheduler: Optional[PyramidFlowScheduler] = None, resume: Optional[ResumeState] = None) -> torch.Tensor:
     """Sample a video of ``latent_frames`` on the placed DiT -> normalised latents [B, 16, latent_frames, h, w].
 
     Text-to-video from nothing (``size`` = (height, width) in pixels); image-to-video from ``image_moments``, the
     first frame's VAE moments [B, 32, 1, h, w] (the sampler draws their posterior sample, normalised for
     ``variant``); or the continuation of ``history``, normalised latents [B, 16, T0, h, w]. ``dtype``: the compute
-    dtype; ``compile_options``: torch.compile kwargs for the DiT blocks (None: eager).
+    dtype; ``compile_options``: torch.compile kwargs for the DiT blocks (None: eager). ``resume``: where the
+    finished frames are kept as they are made; when it already holds some, the run continues after them and gives
+    what the uninterrupted run gives (:mod:`pyramid_flow.resume`; default noise only).
     """
     start = image_moments if image_moments is not None else history
     height, width = size if start is None else pixel_size(start)
+    if resume is not None and not resumable(settings):
+        log.info("Pyramid Flow: the official noise is one sequential stream, so this run keeps no resume state.")
+        resume = None
+    done = resume.load(0 if history is None else history.shape[2]) if resume is not None else None
+    if done is not None:
+        finished = done if history is None else torch.cat([history.to(done.device, done.dtype), done], dim=2)
+        if finished.shape[2] >= latent_frames:
+            return finished[:, :, :latent_frames]
+        log.info("Pyramid Flow: resuming after latent frame %d of %d (kept in %s).", finished.shape[2], latent_frames,
+                 resume.folder)
+        image_moments, history = None, finished
     batch = PromptSchedule.of(cond).batch * (2 if settings.guidance_scale > 0 else 1)  # CFG doubles the batch
     memory = dit_memory(placement.module, height, width, latent_frames - 1, batch, dtype, settings.history_window)
     guidance = dict(guidance_scale=settings.guidance_scale, video_guidance_scale=settings.video_guidance_scale,
                     history_window=settings.history_window)
     with placement.loaded(memory) as dit, compiled_blocks(dit, compile_options):
-        sampler = make_sampler(dit, placement.device, dtype, settings, callback, scheduler)
+        sampler = make_sampler(dit, placement.device, dtype, settings, callback, scheduler,
+                               resume.save_frame if resume is not None else None)
         if image_moments is not None:
             return sampler.image_to_video(cond, uncond, image_moments=image_moments, variant=variant,
                                           latent_frames=latent_frames, steps=settings.video_steps, **guidance)

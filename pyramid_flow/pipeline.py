@@ -3,6 +3,7 @@ decoding in one object. Each method is a few steps of :mod:`pyramid_flow.orchest
 ComfyUI nodes call) with the models placed by :class:`~pyramid_flow.placement.DevicePlacement`.
 """
 
+import json
 import logging
 import os
 import warnings
@@ -11,16 +12,18 @@ from typing import Iterator, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from .dit import load_dit
-from .image import ImageLike, resize_to, to_pil
+from .image import ImageLike, first_frame_input, resize_to, to_pil
 from .latents import denormalize, pixel_size, to_uint8
 from .loading.detect import checkpoint_kind
 from .loading.hub import DIT_FOLDERS, VAE_FOLDER
 from .loading.state_dict import CheckpointError, read_json
 from .memory import stream_cache_memory
-from .orchestration import (Noise, SamplingSettings, ScheduleLike, TimedEmbeddings, check_request, decode_video, encode_first_frame,
-                            encode_prompts, fit_frames, frames_to_history, sample, timed_conditioning)
+from .orchestration import (Noise, SamplingSettings, ScheduleLike, TimedEmbeddings, check_request, decode_video,
+                            encode_first_frame, encode_prompts, fit_frames, frames_to_history, run_identity, sample,
+                            timed_conditioning)
 from .ops import bound_onednn_caches
 from .placement import DevicePlacement
+from .resume import ResumeState, tensor_digest
 from .sampler import Conditioning, StepCallback
 from .scheduler import PyramidFlowScheduler
 from .text import DEFAULT_NEGATIVE_PROMPT, PyramidTextEncoder, TextEmbeddings
@@ -28,6 +31,12 @@ from .variants import Variant, get_variant
 from .vae import FAST_DECODE, SAVE_MEMORY_DECODE, DecodeSettings, load_vae
 
 log = logging.getLogger("pyramid_flow")
+
+
+def request_key(prompt, negative_prompt, prompt_schedule) -> str:
+    """The text of a request, as its resume state records it."""
+    schedule = prompt_schedule if prompt_schedule is None or isinstance(prompt_schedule, str) else list(prompt_schedule)
+    return json.dumps({"prompt": prompt, "negative": negative_prompt, "schedule": schedule}, sort_keys=True)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -148,9 +157,18 @@ class PyramidFlowPipeline:
             warnings.warn(warning, stacklevel=3)
 
     def _sample(self, cond: Conditioning, uncond: TextEmbeddings, settings: SamplingSettings, latent_frames: int,
-                callback: Optional[StepCallback], **start) -> torch.Tensor:
+                callback: Optional[StepCallback], resume_dir: Optional[str], request: str, start_key: str,
+                **start) -> torch.Tensor:
+        """Sample on the placed DiT; with ``resume_dir``, keep the finished frames there and continue after the
+        ones a stopped run of the same request left (``request``, ``start_key``: what identifies it)."""
+        resume = None
+        if resume_dir is not None:
+            size = start.get("size") or pixel_size(start.get("image_moments", start.get("history")))
+            resume = ResumeState(resume_dir, run_identity(self.dit, self.variant.name, settings, size, request,
+                                                          start_key))
         return sample(self.placed(self.dit), cond, uncond, settings, latent_frames=latent_frames, dtype=self.dtype,
-                      callback=callback, compile_options=self.compile_options, scheduler=self.scheduler, **start)
+                      callback=callback, compile_options=self.compile_options, scheduler=self.scheduler,
+                      resume=resume, **start)
 
     def _output(self, latents: torch.Tensor, output_type: str, save_memory: bool, callback) -> torch.Tensor:
         if output_type == "latent":
@@ -176,18 +194,22 @@ class PyramidFlowPipeline:
         history_window: Optional[int] = None,
         prompt_schedule: Optional[ScheduleLike] = None,
         decode_callback=None,
+        resume_dir: Optional[str] = None,
     ) -> torch.Tensor:
         """Text-to-video of ``temp`` latent frames (the official argument name; frames = 8 temp - 7). Returns
         normalised latents (``output_type='latent'``) or uint8 frames [F, H, W, 3].
 
         ``prompt_schedule`` (prompt travel) replaces ``prompt`` with timed prompts; ``history_window`` bounds the
-        history (see :mod:`pyramid_flow.sampler`).
+        history (see :mod:`pyramid_flow.sampler`); ``resume_dir`` keeps the finished frames there, so the same call
+        after any fault continues where it stopped (:mod:`pyramid_flow.resume`).
         """
         self.check_request(width, height, temp)
         cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, temp)
         settings = SamplingSettings(num_inference_steps, video_num_inference_steps, guidance_scale,
                                     video_guidance_scale, seed or 0, noise, history_window)
-        latents = self._sample(cond, uncond, settings, temp, callback, size=(height, width))
+        latents = self._sample(cond, uncond, settings, temp, callback, resume_dir,
+                               request_key(prompt, negative_prompt, prompt_schedule), "text-to-video",
+                               size=(height, width))
         return self._output(latents, output_type, save_memory, decode_callback)
 
     def generate_i2v(
@@ -209,15 +231,19 @@ class PyramidFlowPipeline:
         history_window: Optional[int] = None,
         prompt_schedule: Optional[ScheduleLike] = None,
         decode_callback=None,
+        resume_dir: Optional[str] = None,
     ) -> torch.Tensor:
-        """Image-to-video; ``temp`` counts the image frame. ``size`` (width, height) resizes the image first."""
+        """Image-to-video; ``temp`` counts the image frame. ``size`` (width, height) resizes the image first;
+        ``resume_dir`` as in :meth:`generate`."""
         image = resize_to(input_image, *size, mode=resize_mode) if size else to_pil(input_image)
         self.check_request(image.width, image.height, temp)
         cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, temp)
         moments = self.encode_image(image, callback=decode_callback)
         settings = SamplingSettings(num_inference_steps, num_inference_steps, guidance_scale, video_guidance_scale,
                                     seed or 0, noise, history_window)
-        latents = self._sample(cond, uncond, settings, temp, callback, image_moments=moments, variant=self.variant)
+        latents = self._sample(cond, uncond, settings, temp, callback, resume_dir,
+                               request_key(prompt, negative_prompt, prompt_schedule),
+                               tensor_digest(first_frame_input(image)), image_moments=moments, variant=self.variant)
         return self._output(latents, output_type, save_memory, decode_callback)
 
     def extend(
@@ -234,12 +260,14 @@ class PyramidFlowPipeline:
         callback: Optional[StepCallback] = None,
         history_window: Optional[int] = None,
         prompt_schedule: Optional[ScheduleLike] = None,
+        resume_dir: Optional[str] = None,
     ) -> torch.Tensor:
         """Continue a video by ``new_latent_frames``: normalised latents [B, 16, T0, h, w] -> [B, 16,
         T0 + new_latent_frames, h, w].
 
         With the default noise and the same seed, extending the first T0 frames of a run by N gives that run's
-        frames T0 .. T0 + N - 1. A ``prompt_schedule`` counts seconds from the start of the whole video.
+        frames T0 .. T0 + N - 1. A ``prompt_schedule`` counts seconds from the start of the whole video;
+        ``resume_dir`` as in :meth:`generate`.
         """
         height, width = pixel_size(latents)
         total = latents.shape[2] + new_latent_frames
@@ -247,7 +275,9 @@ class PyramidFlowPipeline:
         cond, uncond = self.encode_conditioning(prompt, negative_prompt, prompt_schedule, total)
         settings = SamplingSettings(num_inference_steps, num_inference_steps, guidance_scale, video_guidance_scale,
                                     seed or 0, noise, history_window)
-        return self._sample(cond, uncond, settings, total, callback, history=latents)
+        return self._sample(cond, uncond, settings, total, callback, resume_dir,
+                            request_key(prompt, negative_prompt, prompt_schedule), tensor_digest(latents),
+                            history=latents)
 
     # --- VAE ---------------------------------------------------------------------------------------------------
 

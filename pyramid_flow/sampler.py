@@ -54,6 +54,7 @@ class StepInfo:
 
 
 StepCallback = Callable[[StepInfo], None]
+FrameCallback = Callable[[int, torch.Tensor], None]  # (unit, its final latent [B, C, 1, h, w]) as each is finished
 
 
 def stage_steps(steps: Steps, stages: int) -> List[int]:
@@ -88,6 +89,7 @@ class _Run:
     prompts: PromptSchedule  # positive conditioning per unit, on the run's device and dtype
     uncond: Optional[TextEmbeddings]  # the negative prompt (None without CFG)
     callback: Optional[StepCallback]
+    on_frame: Optional[FrameCallback]
     latent_frames: int
     total: int
     history_window: Optional[int]
@@ -138,6 +140,10 @@ class _Run:
                                            t.item(), sample, velocity, latent))
         return latent
 
+    def finished(self, unit: int, frame: torch.Tensor) -> None:
+        if self.on_frame is not None:
+            self.on_frame(unit, frame)
+
     def continue_video(self, frames: List[torch.Tensor], noise: torch.Tensor, steps: List[int],
                        guidance: float) -> torch.Tensor:
         """Append one unit per frame of ``noise`` (stage-0 noise [B, C, N, h0, w0]), each conditioned on the frames
@@ -147,13 +153,16 @@ class _Run:
             past = torch.cat([frames[i] for i in window_frames(unit, self.history_window)], dim=2)
             history = history_clips(past, self.scheduler.stages)
             frames.append(self.generate_unit(unit, noise[:, :, k : k + 1], history, steps, guidance))
+            self.finished(unit, frames[-1])
         return torch.cat(frames, dim=2)
 
 
 class PyramidSampler:
     """Text-to-video, image-to-video and extension on one DiT, with one noise source, on normalised latents.
 
-    ``callback`` is called with a :class:`StepInfo` after every DiT step (raise from it to stop within one step).
+    ``callback`` is called with a :class:`StepInfo` after every DiT step (raise from it to stop within one step);
+    ``frame_callback(unit, latent)`` with each frame this run makes, as soon as it is final (to keep it: a stopped
+    run continues from its finished frames with :meth:`extend`, see :mod:`pyramid_flow.resume`).
     CFG is on iff ``guidance_scale > 0`` (the official switch), with the batch order [negative; positive]. ``cond``
     is one :class:`TextEmbeddings` or a :class:`PromptSchedule` (prompt travel); the negative prompt is one.
     """
@@ -166,10 +175,11 @@ class PyramidSampler:
         dtype: torch.dtype,
         scheduler: Optional[PyramidFlowScheduler] = None,
         callback: Optional[StepCallback] = None,
+        frame_callback: Optional[FrameCallback] = None,
     ):
         self.dit, self.noise, self.device, self.dtype = dit, noise, device, dtype
         self.scheduler = scheduler or PyramidFlowScheduler()
-        self.callback = callback
+        self.callback, self.frame_callback = callback, frame_callback
 
     def _start(self, cond: Conditioning, uncond: Optional[TextEmbeddings], guidance_scale: float, latent_frames: int,
                total: int, history_window: Optional[int], size: Tuple[int, int]) -> _Run:
@@ -185,8 +195,8 @@ class PyramidSampler:
         text_dim, pooled_dim = getattr(self.dit, "text_dims", (None, None))  # None: a stand-in model (tests)
         for embeddings in [emb for _, emb in prompts.entries] + ([uncond] if uncond is not None else []):
             embeddings.validate(text_dim=text_dim, pooled_dim=pooled_dim)
-        return _Run(self.dit, self.scheduler, self.noise, prompts, uncond, self.callback, latent_frames, total,
-                    history_window)
+        return _Run(self.dit, self.scheduler, self.noise, prompts, uncond, self.callback, self.frame_callback,
+                    latent_frames, total, history_window)
 
     def _long_history_message(self, latent_frames: int, size: Tuple[int, int], batch: int) -> str:
         message = (
@@ -230,6 +240,7 @@ class PyramidSampler:
         total = count_dit_steps(latent_frames, first_frame_steps, video_steps, stages, from_scratch=True)
         run = self._start(cond, uncond, guidance_scale, latent_frames, total, history_window, (height, width))
         first = run.generate_unit(0, noise[:, :, :1], [], first_frame_steps, guidance_scale)
+        run.finished(0, first)
         return run.continue_video([first], noise[:, :, 1:], video_steps, video_guidance_scale)
 
     @torch.no_grad()
@@ -256,6 +267,8 @@ class PyramidSampler:
         batch = PromptSchedule.of(cond).batch
         noise = self._latent_noise(batch, 1, latent_frames - 1, height, width)
         first = normalize(draw_posterior(self.noise, image_moments.to(device=self.device, dtype=self.dtype)), variant)
+        if self.frame_callback is not None:
+            self.frame_callback(0, first)
         return self._extend(cond, uncond, first, noise, steps, guidance_scale, video_guidance_scale, history_window)
 
     @torch.no_grad()

@@ -5,7 +5,7 @@
 """
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -24,6 +24,9 @@ class TextEmbeddings:
     prompt_embeds: torch.Tensor
     attention_mask: torch.Tensor
     pooled: torch.Tensor
+
+    def tensors(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.prompt_embeds, self.attention_mask, self.pooled
 
     @classmethod
     def cat(cls, items: Sequence["TextEmbeddings"]) -> "TextEmbeddings":
