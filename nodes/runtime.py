@@ -6,6 +6,7 @@ node module holds its schema and a short ``process`` that calls them with what t
 """
 
 import logging
+import os
 from contextlib import contextmanager
 from typing import Callable, Iterator, List, Optional, Tuple
 
@@ -14,12 +15,14 @@ import torch
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
+import folder_paths
 import latent_preview
 
 from ..pyramid_flow import orchestration
-from ..pyramid_flow.latents import LATENT_CHANNELS, denormalize, normalize
+from ..pyramid_flow.latents import LATENT_CHANNELS, denormalize, normalize, pixel_size
 from ..pyramid_flow.orchestration import SamplingSettings, TimedEmbeddings
 from ..pyramid_flow.placement import Placement
+from ..pyramid_flow.resume import ResumeState, prune, tensor_digest
 from ..pyramid_flow.sampler import Conditioning, StepInfo
 from ..pyramid_flow.text import TextEmbeddings
 from ..pyramid_flow.text.embeddings import TEXT_TOKENS
@@ -141,14 +144,45 @@ def check_text_dims(dit_model, cond: TextEmbeddings, variant_of_cond: Optional[s
             f"fit this {dit_model.variant_name} DiT (T5 {context_dim}, pooled {pooled_dim}). {needs}.")
 
 
+RESUME_FOLDER = "pyramid_flow_resume"  # under ComfyUI's user directory: its temp folder is wiped at every start
+RESUME_LIMIT_BYTES = 4 * 2**30  # the states of stopped runs kept at most; the oldest go first
+
+
+def resume_state(model, cond: Conditioning, uncond: TextEmbeddings, settings: SamplingSettings,
+                 size, start: Optional[torch.Tensor]) -> Optional[ResumeState]:
+    """Where a Sampler or Extend run keeps its finished frames: a folder keyed by everything they depend on (the
+    model, the conditioning, the seed, the size, steps and guidance, the first frame or video continued), so the
+    same inputs queued again find it, and any change starts fresh. None with the official noise."""
+    if not orchestration.resumable(settings):
+        return None
+    identity = orchestration.run_identity(model.model.diffusion_model, model.model.variant_name, settings, size,
+                                          orchestration.conditioning_digest(cond, uncond), tensor_digest(start))
+    return ResumeState.keyed(os.path.join(folder_paths.get_user_directory(), RESUME_FOLDER), identity)
+
+
 def sample(model, cond: Conditioning, uncond: TextEmbeddings, settings: SamplingSettings, latent_frames: int,
-           **start) -> torch.Tensor:
+           node_id=None, **start) -> torch.Tensor:
     """:func:`pyramid_flow.orchestration.sample` on a DiT ModelPatcher: ComfyUI's placement, the compute dtype the
-    loader chose, progress with previews, and the compile options of 'Pyramid Flow Torch Compile'."""
+    loader chose, progress with previews, the compile options of 'Pyramid Flow Torch Compile', and a resume state:
+    an interrupted, crashed or out-of-memory run queued again continues after its finished frames."""
     placement = dit_placement(model)
-    return orchestration.sample(placement, cond, uncond, settings, latent_frames=latent_frames,
-                                dtype=model.model.compute_dtype, callback=step_callback(placement.device),
-                                compile_options=model.model_options.get(COMPILE_OPTIONS_KEY), **start)
+    first = start.get("image_moments", start.get("history"))
+    size = start.get("size") or pixel_size(first)
+    resume = resume_state(model, cond, uncond, settings, size, first)
+    if resume is not None:
+        prune(os.path.dirname(resume.folder), RESUME_LIMIT_BYTES, keep=resume.folder)
+        kept = resume.frame_count()
+        if kept:
+            message = f"Resuming: {kept} latent frames of a stopped run with these inputs are kept; continuing after them."
+            log.info("Pyramid Flow: %s", message)
+            send_text(node_id, message)
+    latents = orchestration.sample(placement, cond, uncond, settings, latent_frames=latent_frames,
+                                   dtype=model.model.compute_dtype, callback=step_callback(placement.device),
+                                   compile_options=model.model_options.get(COMPILE_OPTIONS_KEY), resume=resume,
+                                   **start)
+    if resume is not None:
+        resume.clear()
+    return latents
 
 
 # --- LATENT --------------------------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ class PyramidFlowVideoSampler(PyramidFlowNode):
             start = dict(image_moments=first, variant=variant)
         else:
             start = dict(history=latent_utils.normalize(first.float(), variant))
-        latents = runtime.sample(model, cond, uncond, settings, latent_frames, **start)
+        latents = runtime.sample(model, cond, uncond, settings, latent_frames, cls.node_id(), **start)
         return io.NodeOutput(runtime.latent_output(latents, variant.name, seed),
                              latent_utils.video_frames_for(latent_frames))
 
@@ -225,7 +225,7 @@ class PyramidFlowVideoExtend(PyramidFlowNode):
         steps = [video_steps_1, video_steps_2, video_steps_3]
         settings = SamplingSettings(steps, steps, guidance_scale, video_guidance_scale, seed, noise,
                                     _window(history_window))
-        latents = runtime.sample(model, cond, uncond, settings, latent_frames, history=history)
+        latents = runtime.sample(model, cond, uncond, settings, latent_frames, cls.node_id(), history=history)
         new = latents[:, :, history.shape[2]:]
         return io.NodeOutput(runtime.latent_output(latents, variant.name, seed),
                              runtime.latent_output(new, variant.name, seed), latent_utils.video_frames_for(latent_frames))

@@ -67,6 +67,19 @@ class ResumeState:
         self.identity = {"format": FORMAT_VERSION, **{k: str(v) for k, v in identity.items()}}
         self.digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:20]
 
+    @classmethod
+    def keyed(cls, root: str, identity: Mapping[str, str]) -> "ResumeState":
+        """The state of a run of ``identity`` in its own folder under ``root``, named by the identity's digest (the
+        same inputs find it again; any other input makes another folder)."""
+        state = cls(root, identity)
+        state.folder = os.path.join(root, state.digest)
+        return state
+
+    def frame_count(self) -> int:
+        if not os.path.isdir(self.folder):
+            return 0
+        return len([name for name in os.listdir(self.folder) if name.startswith("frame_")])
+
     def _frame_path(self, unit: int) -> str:
         return os.path.join(self.folder, f"frame_{unit:05d}.safetensors")
 
@@ -132,3 +145,19 @@ class ResumeState:
         if not os.path.isdir(self.folder):
             return 0
         return sum(os.path.getsize(os.path.join(self.folder, name)) for name in os.listdir(self.folder))
+
+
+def prune(root: str, limit_bytes: int, keep: str) -> None:
+    """Remove the oldest states under ``root`` (by last change) until they take at most ``limit_bytes``; ``keep``
+    (the running state's folder) stays."""
+    if not os.path.isdir(root):
+        return
+    states = [os.path.join(root, name) for name in os.listdir(root) if os.path.join(root, name) != keep]
+    states = sorted((path for path in states if os.path.isdir(path)), key=os.path.getmtime)
+    sizes = {path: sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) for path in states}
+    total = sum(sizes.values())
+    for path in states:
+        if total <= limit_bytes:
+            break
+        shutil.rmtree(path, ignore_errors=True)
+        total -= sizes[path]

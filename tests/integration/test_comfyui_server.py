@@ -312,3 +312,47 @@ def test_long_videos_with_a_history_window(server):
         assert entry["status"]["status_str"] == "success", harness.error_message(entry)
         info = entry["outputs"]["7"]["frame_info"][0]
         assert info["shape"] == [frames, height, width, 3] and info["finite"] and 0 <= info["min"] <= info["max"] <= 1
+
+
+def test_a_server_killed_mid_run_resumes_the_same_prompt_after_a_restart(server, tmp_path_factory):
+    """SIGKILL of the ComfyUI server while the sampler runs; started again, the same prompt queued again continues
+    after the kept frames (under the user directory: ComfyUI wipes its temp folder at start) and gives what an
+    uninterrupted run gives."""
+    import signal
+    import time
+
+    base = harness.build_base_dir(str(tmp_path_factory.mktemp("restart_base")))
+    slow = {f"video_steps_{i}": 12 for i in (1, 2, 3)}
+    prompt = video_prompt(prefix="restart", seed=31, duration_seconds=3.0, save_tensors="restarted", **slow)
+    states = os.path.join(base, "user", "pyramid_flow_resume")
+
+    def kept() -> int:
+        folders = [os.path.join(states, name) for name in os.listdir(states)] if os.path.isdir(states) else []
+        return max((len([f for f in os.listdir(d) if f.startswith("frame_")]) for d in folders), default=0)
+
+    first = harness.ComfyServer(base)
+    try:
+        status, body = first.queue(prompt)
+        assert status == 200, body
+        deadline = time.monotonic() + 300
+        while kept() < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=30)
+    finally:
+        first.stop()
+    assert 3 <= kept() < 10, "the kill did not land mid-run"
+    second = harness.ComfyServer(base)
+    try:
+        entry = second.run(prompt)
+        assert entry["status"]["status_str"] == "success", harness.error_message(entry)
+        assert "Resuming:" in second.read_log() and "latent frames of a stopped run" in second.read_log()
+    finally:
+        second.stop()
+    assert kept() == 0  # cleared on completion
+    reference = server.run(video_prompt(prefix="restart_ref", seed=31, duration_seconds=3.0,
+                                        save_tensors="restart_reference", **slow))
+    assert reference["status"]["status_str"] == "success", harness.error_message(reference)
+    resumed = load_file(os.path.join(base, "output", "restarted.safetensors"))["latent"]
+    expected = load_file(os.path.join(server.base, "output", "restart_reference.safetensors"))["latent"]
+    assert (resumed - expected).abs().max().item() <= 1e-6

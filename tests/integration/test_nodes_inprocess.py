@@ -526,3 +526,49 @@ def test_validators_refuse_options_outside_the_lists_for_the_right_reason(comfy_
         assert "'philox' is not an option of 'noise' (default, official)" in node.validate_inputs(noise="philox")
     assert "'squash' is not an option of 'resize_mode'" in PyramidFlowVideoImageToVideo.validate_inputs(
         resize_mode="squash")
+
+
+def test_an_interrupted_sampler_queued_again_resumes_to_the_uninterrupted_result(comfy_env, monkeypatch):
+    """Interrupted in latent frame 2 of 4, the same inputs again continue after the two finished frames (kept under
+    ComfyUI's user directory, keyed by the inputs) and give the uninterrupted run's latent; the state is cleared."""
+    import comfy.model_management as mm
+    import folder_paths
+
+    from pyramid_flow_pack.nodes import runtime
+    from pyramid_flow_pack.nodes.conditioning import PyramidFlowVideoTextEncode
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoSampler
+
+    dit, _ = _load_models(comfy_env)
+    positive, negative = encode_text(PyramidFlowVideoTextEncode, tiny_clip("flux"))
+    inputs = dict(TINY, model=dit, positive=positive, negative=negative, seed=21, duration_seconds=1.0)
+    reference = PyramidFlowVideoSampler.execute(**inputs).result[0]["samples"]
+    root = os.path.join(folder_paths.get_user_directory(), runtime.RESUME_FOLDER)
+    original, seen = runtime.step_callback, []
+
+    def interrupting(device):
+        callback = original(device)
+
+        def wrapped(info):
+            seen.append(info.unit)
+            if info.unit == 2:
+                mm.interrupt_current_processing(True)
+            callback(info)
+
+        return wrapped
+
+    monkeypatch.setattr(runtime, "step_callback", interrupting)
+    with pytest.raises(mm.InterruptProcessingException):
+        PyramidFlowVideoSampler.execute(**inputs)
+    states = [os.path.join(root, name) for name in os.listdir(root)]
+    assert [len([f for f in os.listdir(s) if f.startswith("frame_")]) for s in states] == [2]
+    seen.clear()
+
+    def recording(device):
+        callback = original(device)
+        return lambda info: (seen.append(info.unit), callback(info))
+
+    monkeypatch.setattr(runtime, "step_callback", recording)
+    resumed = PyramidFlowVideoSampler.execute(**inputs).result[0]["samples"]
+    assert set(seen) == {2, 3}  # only the frames the interruption lost were sampled again
+    assert (resumed - reference).abs().max().item() <= 1e-6
+    assert not os.path.exists(states[0])
