@@ -13,10 +13,12 @@ from PIL import Image
 
 from . import latents as latent_utils
 from .dtypes import COMPUTE_DTYPES
+from .loading.hub import ensure_model
 from .ops import bound_onednn_caches
 from .pipeline import PyramidFlowPipeline
 from .placement import OUT_OF_MEMORY
 from .resume import IDENTITY_FILE
+from .testing.tiny import build_tiny_checkpoint
 from .text import DEFAULT_NEGATIVE_PROMPT
 from .vae import FAST_DECODE, SAVE_MEMORY_DECODE
 from .video_io import load_latents, read_video, save_latents, write_mp4, write_pngs
@@ -102,9 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_model(args) -> Tuple[str, bool]:
     """(checkpoint folder, is_tiny). The tiny model stands in only when no model folder exists at all and no
     download was asked for; a folder that exists but is incomplete or broken is an error that names the file."""
-    from .loading.hub import ensure_model
-    from .testing.tiny import build_tiny_checkpoint
-
     dit_folder = PRESETS[args.resolution][2]
     target = args.model or os.path.join(DEFAULT_MODEL_DIR, f"pyramid-flow-{args.variant}")
     if not args.tiny and (args.model or args.download or os.path.isdir(target)):

@@ -14,7 +14,9 @@ from typing import Dict, Iterator, Tuple
 import torch
 from safetensors.torch import save_file
 
+from ..dit import DIT_CLASSES
 from ..variants import get_variant
+from ..vae import CausalVideoVAE
 
 TINY_DIT = {
     "miniflux": {
@@ -180,8 +182,6 @@ def build_tiny_checkpoint(root: str, variant: str = "miniflux", dit_folder: str 
     fingerprint = _fingerprint(variant, seed)
     if os.path.isfile(marker) and open(marker, encoding="utf-8").read() == fingerprint:
         return root
-    from ..dit import DIT_CLASSES
-    from ..vae import CausalVideoVAE
 
     generator = torch.Generator().manual_seed(seed)
     dit_config, dit_class = TINY_DIT[variant], DIT_CLASSES[variant]
