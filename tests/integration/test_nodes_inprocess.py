@@ -572,3 +572,54 @@ def test_an_interrupted_sampler_queued_again_resumes_to_the_uninterrupted_result
     assert set(seen) == {2, 3}  # only the frames the interruption lost were sampled again
     assert (resumed - reference).abs().max().item() <= 1e-6
     assert not os.path.exists(states[0])
+
+
+def test_every_node_error_branch_names_the_problem(comfy_env):
+    """Each refusal of the nodes, reached with the input that triggers it (the message names the input and the fix)."""
+    from pyramid_flow_pack.nodes.conditioning import PyramidFlowVideoTextEncode
+    from pyramid_flow_pack.nodes.latent import PyramidFlowVideoVAEDecode
+    from pyramid_flow_pack.nodes.loaders import PyramidFlowVideoModelLoader, PyramidFlowVideoTextEncoderLoader
+    from pyramid_flow_pack.nodes.sampling import PyramidFlowVideoExtend, PyramidFlowVideoSampler
+    from pyramid_flow_pack.nodes.types import START_SECONDS_KEY
+
+    dit, vae = _load_models(comfy_env)
+    positive, negative = _text()
+    sd3_positive, _ = encode_text(PyramidFlowVideoTextEncode, tiny_clip("sd3"))
+    latent = {"samples": torch.zeros(1, 16, 2, 16, 16), "pyramid_flow_variant": "sd3"}
+    sampler = dict(TINY, model=dit, positive=positive, negative=negative)
+    extend = dict(model=dit, positive=positive, negative=negative, duration_seconds=0.4, video_steps_1=1,
+                  video_steps_2=1, video_steps_3=1, guidance_scale=7.0, video_guidance_scale=5.0, seed=1)
+    bare_clip = tiny_clip("flux")
+    bare_clip.cond_stage_model.t5xxl = None
+    core_conditioning = [[torch.zeros(1, 77, 32), {"pooled_output": torch.zeros(1, 32)}]]
+    cases = [
+        (PyramidFlowVideoSampler, dict(sampler, positive=sd3_positive),
+         "The text conditioning (sd3 encoders: T5 32, pooled 80) does not fit this miniflux DiT"),
+        (PyramidFlowVideoSampler, dict(sampler, positive=core_conditioning), "not made by 'Pyramid Flow Text Encode'"),
+        (PyramidFlowVideoSampler, dict(sampler, positive=[]), "The positive conditioning is empty"),
+        (PyramidFlowVideoSampler, dict(sampler, negative=negative + negative), "holds 2 prompts; it must be one prompt"),
+        (PyramidFlowVideoSampler, dict(sampler, positive=positive + positive), "several prompts without times"),
+        (PyramidFlowVideoSampler, dict(sampler, image_latent={"samples": torch.zeros(1, 4, 16, 16)}),
+         "The input 'image_latent' has 4 channels"),
+        (PyramidFlowVideoVAEDecode, dict(vae=vae, samples={"samples": torch.zeros(1, 4, 8, 8)}, tile_size=256,
+                                         tile_overlap=0.25, temporal_window=1), "The input 'samples' has 4 channels"),
+        (PyramidFlowVideoExtend, extend, "Connect exactly one video to continue"),
+        (PyramidFlowVideoExtend, dict(extend, video=latent), "made with the sd3 model; this model is miniflux"),
+        (PyramidFlowVideoExtend, dict(extend, video={"samples": torch.zeros(1, 16, 2, 9, 9)}),
+         "The size 72x72 comes from 'video'"),
+        (PyramidFlowVideoExtend, dict(extend, images=torch.rand(9, 64, 64, 3)), "'images' needs the 'vae' input"),
+        (PyramidFlowVideoTextEncode, dict(prompt="a fox", negative_prompt=""), "Connect exactly one text encoder"),
+        (PyramidFlowVideoTextEncode, dict(prompt="a fox", negative_prompt="", clip=bare_clip),
+         "This CLIP lacks the text encoders Pyramid Flow needs"),
+        (PyramidFlowVideoModelLoader, dict(model="no_such_dit.safetensors", weight_dtype="bf16"),
+         "'no_such_dit.safetensors' not found"),
+        (PyramidFlowVideoModelLoader, dict(model="pyramid-flow-miniflux/diffusion_transformer_384p",
+                                           weight_dtype="fp16"), "fp16 gives black or NaN videos"),
+        (PyramidFlowVideoTextEncoderLoader, dict(model_folder="pyramid-flow-sd3-broken", dtype="fp32"),
+         "not found"),
+    ]
+    assert START_SECONDS_KEY not in positive[0][1]
+    for node, inputs, message in cases:
+        with pytest.raises((ValueError, TypeError, FileNotFoundError)) as err:
+            node.execute(**inputs)
+        assert message in str(err.value), (node.__name__, message, str(err.value))
