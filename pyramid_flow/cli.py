@@ -2,6 +2,7 @@
 frames out, and optionally the latent (to extend later)."""
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -15,6 +16,8 @@ from . import latents as latent_utils
 from .dtypes import COMPUTE_DTYPES
 from .loading.hub import ensure_model
 from .ops import bound_onednn_caches
+from .parallel import (DEFAULT_TIMEOUT_S, ParallelContext, check_same_arguments, from_environment,
+                       launched_by_torchrun, main_rank_first, shutdown)
 from .pipeline import PyramidFlowPipeline
 from .placement import OUT_OF_MEMORY
 from .resume import IDENTITY_FILE
@@ -97,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a stopped run (the same command does it by itself); an error if there is none")
     p.add_argument("--restart", action="store_true", help="discard a stopped run's frames and start over")
     p.add_argument("--keep-state", action="store_true", help="keep the finished frames after success")
+    p.add_argument("--cfg-parallel", action="store_true",
+                   help="under torchrun with 2 processes: the negative and positive halves of every guided step on "
+                        "two ranks (GPUs, or CPU processes with gloo); rank 0 writes the files")
+    p.add_argument("--sequence-parallel", type=int, default=1, metavar="S", help="reserved: sequence parallel (not yet)")
+    p.add_argument("--dist-backend", choices=("nccl", "gloo"), help="default: nccl when every rank has a GPU, else gloo")
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="how long a rank waits for the others at one step before the run stops with an error")
     p.add_argument("--output", default="pyramid_flow.mp4", help="an .mp4 path, or a folder for PNG frames")
     return p
 
@@ -172,7 +182,9 @@ EXIT_USER_ERROR, EXIT_OUT_OF_MEMORY, EXIT_INTERRUPTED = 2, 3, 130
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line: :func:`run`, with the errors a user can fix printed as one line naming the problem and the
     fix (exit 2; 3 for out of memory; 130 for Ctrl-C) instead of a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rank = f"[rank {os.environ['RANK']}] " if launched_by_torchrun() else ""
+    quiet = launched_by_torchrun() and os.environ["RANK"] != "0"  # rank 0 alone reports progress
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=rank + "%(message)s")
     try:
         return run(argv)
     except KeyboardInterrupt:
@@ -192,6 +204,18 @@ def run(argv: Optional[List[str]] = None) -> int:
     bound_onednn_caches()
     args = build_parser().parse_args(argv)
     check_arguments(args)
+    context = from_environment(args.cfg_parallel, args.sequence_parallel, args.dist_backend, args.dist_timeout,
+                               args.device)
+    try:
+        if context is not None:
+            check_same_arguments(context, json.dumps(sys.argv[1:] if argv is None else list(argv)))
+            args.device = str(context.device)
+        return make_resumable_video(args, context)
+    finally:
+        shutdown(context)
+
+
+def make_resumable_video(args, context: Optional[ParallelContext]) -> int:
     work_dir = args.work_dir or default_work_dir(args.output)
     if args.restart:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -199,7 +223,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         raise FileNotFoundError(f"--resume: there is no stopped run to continue in '{work_dir}' (give its --output "
                                 "or --work-dir).")
     try:
-        make_video(args, work_dir)
+        make_video(args, work_dir, context)
     except BaseException:
         report_kept_frames(work_dir)
         raise
@@ -221,22 +245,24 @@ def report_kept_frames(work_dir: str) -> None:
                   kept, work_dir)
 
 
-def make_video(args, work_dir: str) -> None:
+def make_video(args, work_dir: str, context: Optional[ParallelContext] = None) -> None:
     width, height = args.width or PRESETS[args.resolution][0], args.height or PRESETS[args.resolution][1]
     latent_utils.check_resolution(width, height)
     latent_frames = 1 if args.resolution == "image" else (args.latent_frames
                                                           or latent_utils.latent_frames_for_seconds(args.duration))
-    folder, tiny = resolve_model(args)
+    with main_rank_first(context):  # a download or the tiny model's files: one writer
+        folder, tiny = resolve_model(args)
     dtype = COMPUTE_DTYPES[args.dtype] if args.dtype else None
     offload = False if args.no_offload else None  # None: on for CUDA
     pipe = PyramidFlowPipeline.from_pretrained(folder, dit_folder=PRESETS[args.resolution][2], device=torch.device(args.device),
                                                dtype=dtype, offload=offload, compile_options={} if args.compile else None,
-                                               dit_path=args.dit, vae_path=args.vae, ema=args.ema)
+                                               dit_path=args.dit, vae_path=args.vae, ema=args.ema, parallel=context)
     schedule = read_schedule(args.prompt_schedule)
-    common = dict(negative_prompt=args.negative, noise=args.noise, callback=ProgressBar("sampling").step,
+    main_rank = context is None or context.is_main
+    common = dict(negative_prompt=args.negative, noise=args.noise, callback=ProgressBar("sampling", main_rank).step,
                   history_window=args.history_window, prompt_schedule=schedule, resume_dir=work_dir)
     if args.extend:
-        history, metadata = load_history(args.extend, pipe, width, height, ProgressBar("encoding").piece)
+        history, metadata = load_history(args.extend, pipe, width, height, ProgressBar("encoding", main_rank).piece)
         seed = args.seed if args.seed is not None else int(metadata.get("seed", 0))
         if args.noise == "official":
             log.info("Extending with noise=official draws a new sequential stream: not the frames one longer run "
@@ -249,12 +275,14 @@ def make_video(args, work_dir: str) -> None:
         latents = pipe.generate_i2v(Image.open(args.image), args.prompt, temp=latent_frames,
                                     num_inference_steps=args.video_steps,
                                     guidance_scale=args.guidance, video_guidance_scale=args.video_guidance, seed=seed,
-                                    size=(width, height), output_type="latent", decode_callback=ProgressBar("encoding").piece,
+                                    size=(width, height), output_type="latent", decode_callback=ProgressBar("encoding", main_rank).piece,
                                     **common)
     else:
         seed = args.seed or 0
         latents = pipe.generate(args.prompt, height, width, latent_frames, args.steps, args.video_steps, args.guidance,
                                 args.video_guidance, seed=seed, output_type="latent", **common)
+    if not main_rank:  # every rank holds the same latents; rank 0 alone decodes and writes
+        return
     if args.save_latent:
         save_latents(args.save_latent, latents, variant=pipe.variant.name, seed=seed)
         log.info("Wrote the latent (%d latent frames) to %s", latents.shape[2], args.save_latent)
@@ -272,12 +300,14 @@ def make_video(args, work_dir: str) -> None:
 class ProgressBar:
     """A tqdm bar on stderr for one phase; it opens on the first update of a run and closes when it is done."""
 
-    def __init__(self, what: str):
-        self.what, self.bar = what, None
+    def __init__(self, what: str, shown: bool = True):
+        self.what, self.bar, self.shown = what, None, shown  # shown: False on the ranks other than 0
 
     def update(self, done: int, total: int, note: Optional[str] = None) -> None:
         from tqdm import tqdm
 
+        if not self.shown:
+            return
         if self.bar is None:
             self.bar = tqdm(total=total, desc=self.what, file=sys.stderr)
         if note:

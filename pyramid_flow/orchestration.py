@@ -24,6 +24,7 @@ from .latents import (LATENT_CHANNELS, PYRAMID_STAGES, RESOLUTION_MULTIPLE, chec
                       normalize, pixel_size, resolution_warning, latent_frames_for_video)
 from .memory import decode_memory, dit_memory, encode_memory, vae_dtype
 from .noise import NoiseSource, make_noise
+from .parallel import ParallelContext
 from .placement import OUT_OF_MEMORY, Placement
 from .resume import ResumeState, model_fingerprint, tensor_digest
 from .sampler import Conditioning, FrameCallback, PyramidSampler, StepCallback, Steps, stage_steps
@@ -103,14 +104,15 @@ class SamplingSettings:
 
 def make_sampler(dit: torch.nn.Module, device: torch.device, dtype: torch.dtype, settings: SamplingSettings,
                  callback: Optional[StepCallback] = None, scheduler: Optional[PyramidFlowScheduler] = None,
-                 frame_callback: Optional[FrameCallback] = None) -> PyramidSampler:
+                 frame_callback: Optional[FrameCallback] = None,
+                 parallel: Optional[ParallelContext] = None) -> PyramidSampler:
     """The sampler of a run, with its noise source: ``settings.noise`` itself when it is a source, else the one
     registered under its name, for ``settings.seed``."""
     scheduler = scheduler or PyramidFlowScheduler()
     noise = settings.noise
     if noise is None or isinstance(noise, str):
         noise = make_noise(noise or "default", settings.seed, gamma=scheduler.gamma, device=device)
-    return PyramidSampler(dit, noise, device, dtype, scheduler, callback, frame_callback)
+    return PyramidSampler(dit, noise, device, dtype, scheduler, callback, frame_callback, parallel)
 
 
 def resumable(settings: SamplingSettings) -> bool:
@@ -144,7 +146,8 @@ def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbedd
            latent_frames: int, dtype: torch.dtype, size: Optional[Tuple[int, int]] = None,
            image_moments: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None, variant=None,
            callback: Optional[StepCallback] = None, compile_options: Optional[Mapping] = None,
-           scheduler: Optional[PyramidFlowScheduler] = None, resume: Optional[ResumeState] = None) -> torch.Tensor:
+           scheduler: Optional[PyramidFlowScheduler] = None, resume: Optional[ResumeState] = None,
+           parallel: Optional[ParallelContext] = None) -> torch.Tensor:
     """Sample a video of ``latent_frames`` on the placed DiT -> normalised latents [B, 16, latent_frames, h, w].
 
     Text-to-video from nothing (``size`` = (height, width) in pixels); image-to-video from ``image_moments``, the
@@ -152,7 +155,8 @@ def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbedd
     ``variant``); or the continuation of ``history``, normalised latents [B, 16, T0, h, w]. ``dtype``: the compute
     dtype; ``compile_options``: torch.compile kwargs for the DiT blocks (None: eager). ``resume``: where the
     finished frames are kept as they are made; when it already holds some, the run continues after them and gives
-    what the uninterrupted run gives (:mod:`pyramid_flow.resume`; default noise only).
+    what the uninterrupted run gives (:mod:`pyramid_flow.resume`; default noise only). ``parallel``: CFG halves on
+    two ranks (:mod:`pyramid_flow.parallel`).
     """
     start = image_moments if image_moments is not None else history
     height, width = size if start is None else pixel_size(start)
@@ -167,13 +171,14 @@ def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbedd
         log.info("Pyramid Flow: resuming after latent frame %d of %d (kept in %s).", finished.shape[2], latent_frames,
                  resume.folder)
         image_moments, history = None, finished
-    batch = PromptSchedule.of(cond).batch * (2 if settings.guidance_scale > 0 else 1)  # CFG doubles the batch
+    doubled = settings.guidance_scale > 0 and parallel is None  # CFG doubles the batch, unless split over ranks
+    batch = PromptSchedule.of(cond).batch * (2 if doubled else 1)
     memory = dit_memory(placement.module, height, width, latent_frames - 1, batch, dtype, settings.history_window)
     guidance = dict(guidance_scale=settings.guidance_scale, video_guidance_scale=settings.video_guidance_scale,
                     history_window=settings.history_window)
     with placement.loaded(memory) as dit, compiled_blocks(dit, compile_options):
         sampler = make_sampler(dit, placement.device, dtype, settings, callback, scheduler,
-                               resume.save_frame if resume is not None else None)
+                               resume.save_frame if resume is not None else None, parallel)
         if image_moments is not None:
             return sampler.image_to_video(cond, uncond, image_moments=image_moments, variant=variant,
                                           latent_frames=latent_frames, steps=settings.video_steps, **guidance)

@@ -22,6 +22,7 @@ from .orchestration import (Noise, SamplingSettings, ScheduleLike, TimedEmbeddin
                             encode_first_frame, encode_prompts, fit_frames, frames_to_history, run_identity, sample,
                             timed_conditioning)
 from .ops import bound_onednn_caches
+from .parallel import ParallelContext
 from .placement import DevicePlacement
 from .resume import ResumeState, tensor_digest
 from .sampler import Conditioning, StepCallback
@@ -68,6 +69,7 @@ class PyramidFlowPipeline:
         scheduler: Optional[PyramidFlowScheduler] = None,
         offload: bool = False,
         compile_options: Optional[Mapping] = None,
+        parallel: Optional[ParallelContext] = None,
     ):
         """``offload``: keep the models on the CPU and move each to ``device`` only while it runs (text encoders,
         then the DiT, then the VAE), the official ``cpu_offloading``; for cards that cannot hold all at once.
@@ -79,6 +81,7 @@ class PyramidFlowPipeline:
         self.scheduler = scheduler or PyramidFlowScheduler()
         self.offload = offload
         self.compile_options = compile_options
+        self.parallel = parallel  # CFG halves on two ranks (pyramid_flow.parallel); None: one process
 
     def placed(self, module: torch.nn.Module) -> DevicePlacement:
         """How ``module`` reaches the compute device: resident, or moved there only while it runs (``offload``)."""
@@ -97,6 +100,7 @@ class PyramidFlowPipeline:
         dit_path: Optional[str] = None,
         vae_path: Optional[str] = None,
         ema: bool = False,
+        parallel: Optional[ParallelContext] = None,
     ) -> "PyramidFlowPipeline":
         """Load an official Hugging Face folder (``rain1011/pyramid-flow-miniflux`` or ``-sd3`` layout).
 
@@ -104,6 +108,7 @@ class PyramidFlowPipeline:
         ``dit_path`` / ``vae_path`` replace that component of ``root`` with other weights (a fine-tune: a
         ``checkpoint-N`` folder or a file of the official training scripts, see :func:`~pyramid_flow.dit.load_dit`);
         the config.json of ``root``'s component still describes the architecture. ``ema``: the DiT's EMA weights.
+        ``parallel``: this process's place in a CFG-parallel run (:func:`pyramid_flow.parallel.from_environment`).
         """
         bound_onednn_caches()
         device = torch.device(device)
@@ -121,7 +126,7 @@ class PyramidFlowPipeline:
             PyramidTextEncoder.from_pretrained(root, variant.name, dtype=dtype, device=load_device) if load_text_encoder else None
         )
         return cls(dit, vae, text_encoder, variant, checkpoint_kind(dit_folder_path), device, dtype, offload=offload,
-                   compile_options=compile_options)
+                   compile_options=compile_options, parallel=parallel)
 
     # --- text --------------------------------------------------------------------------------------------------
 
@@ -162,13 +167,15 @@ class PyramidFlowPipeline:
         """Sample on the placed DiT; with ``resume_dir``, keep the finished frames there and continue after the
         ones a stopped run of the same request left (``request``, ``start_key``: what identifies it)."""
         resume = None
-        if resume_dir is not None:
+        if resume_dir is not None and self.parallel is not None:
+            log.info("A parallel run keeps no resume state (every rank would write the same frames).")
+        elif resume_dir is not None:
             size = start.get("size") or pixel_size(start.get("image_moments", start.get("history")))
             resume = ResumeState(resume_dir, run_identity(self.dit, self.variant.name, settings, size, request,
                                                           start_key))
         return sample(self.placed(self.dit), cond, uncond, settings, latent_frames=latent_frames, dtype=self.dtype,
                       callback=callback, compile_options=self.compile_options, scheduler=self.scheduler,
-                      resume=resume, **start)
+                      resume=resume, parallel=self.parallel, **start)
 
     def _output(self, latents: torch.Tensor, output_type: str, save_memory: bool, callback) -> torch.Tensor:
         if output_type == "latent":

@@ -25,6 +25,7 @@ from .history import check_history_window, halve, history_clips, per_frame, wind
 from .latents import LATENT_CHANNELS, SPATIAL_SCALE, TRAINED_LATENT_FRAMES, normalize
 from .memory import DiTShape, dit_activation_bytes
 from .noise import NoiseSource, draw_posterior
+from .parallel import ParallelContext
 from .scheduler import PyramidFlowScheduler
 from .text.embeddings import TextEmbeddings
 from .text.schedule import PromptSchedule
@@ -93,6 +94,7 @@ class _Run:
     latent_frames: int
     total: int
     history_window: Optional[int]
+    parallel: Optional[ParallelContext] = None  # CFG halves on two ranks (pyramid_flow.parallel)
     done: int = 0
     _text: Dict[int, TextEmbeddings] = field(default_factory=dict)
 
@@ -100,22 +102,31 @@ class _Run:
     def cfg(self) -> bool:
         return self.uncond is not None
 
+    @property
+    def doubled(self) -> bool:
+        """Whether one DiT call carries both CFG halves (batch 2); with CFG parallel each rank runs its half."""
+        return self.cfg and self.parallel is None
+
     def text(self, unit: int) -> TextEmbeddings:
-        """The DiT's text input for ``unit``: [negative; positive] with CFG, else the positive prompt alone."""
+        """The DiT's text input for ``unit``: [negative; positive] with CFG, this rank's half with CFG parallel, else
+        the positive prompt alone."""
         cond = self.prompts.at(unit)
         key = id(cond)
         if key not in self._text:
-            self._text[key] = TextEmbeddings.cat([self.uncond, cond]) if self.cfg else cond
+            if self.doubled:
+                self._text[key] = TextEmbeddings.cat([self.uncond, cond])
+            else:
+                self._text[key] = self.uncond if self.cfg and self.parallel.cfg_rank == 0 else cond
         return self._text[key]
 
     def predict(self, text: TextEmbeddings, clips: List[torch.Tensor], sample: torch.Tensor, timestep: torch.Tensor,
                 guidance: float) -> torch.Tensor:
-        model_input = torch.cat([sample] * 2) if self.cfg else sample
+        model_input = torch.cat([sample] * 2) if self.doubled else sample
         timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)
         velocity = self.dit(clips + [model_input], text.prompt_embeds, text.attention_mask, text.pooled, timestep)
         if not self.cfg:
             return velocity
-        uncond, cond = velocity.chunk(2)
+        uncond, cond = self.parallel.gather_halves(velocity) if self.parallel is not None else velocity.chunk(2)
         return uncond + guidance * (cond - uncond)
 
     def generate_unit(self, unit: int, noise: torch.Tensor, history: List[List[torch.Tensor]], steps: List[int],
@@ -130,7 +141,7 @@ class _Run:
                 renoise = self.scheduler.renoise(stage)
                 block_noise = self.noise.block_noise(latent.shape, unit, stage, latent.device, latent.dtype)
                 latent = renoise.alpha * latent + renoise.beta * block_noise
-            clips = [torch.cat([c] * 2) if self.cfg else c for c in history[stage]] if history else []
+            clips = [torch.cat([c] * 2) if self.doubled else c for c in history[stage]] if history else []
             for k, t in enumerate(grid.timesteps):
                 velocity = self.predict(text, clips, latent, t, guidance)
                 sample, latent = latent, self.scheduler.step(velocity, latent, grid.sigmas[k], grid.sigmas[k + 1])
@@ -176,10 +187,11 @@ class PyramidSampler:
         scheduler: Optional[PyramidFlowScheduler] = None,
         callback: Optional[StepCallback] = None,
         frame_callback: Optional[FrameCallback] = None,
+        parallel: Optional[ParallelContext] = None,
     ):
         self.dit, self.noise, self.device, self.dtype = dit, noise, device, dtype
         self.scheduler = scheduler or PyramidFlowScheduler()
-        self.callback, self.frame_callback = callback, frame_callback
+        self.callback, self.frame_callback, self.parallel = callback, frame_callback, parallel
 
     def _start(self, cond: Conditioning, uncond: Optional[TextEmbeddings], guidance_scale: float, latent_frames: int,
                total: int, history_window: Optional[int], size: Tuple[int, int]) -> _Run:
@@ -196,7 +208,7 @@ class PyramidSampler:
         for embeddings in [emb for _, emb in prompts.entries] + ([uncond] if uncond is not None else []):
             embeddings.validate(text_dim=text_dim, pooled_dim=pooled_dim)
         return _Run(self.dit, self.scheduler, self.noise, prompts, uncond, self.callback, self.frame_callback,
-                    latent_frames, total, history_window)
+                    latent_frames, total, history_window, self.parallel)
 
     def _long_history_message(self, latent_frames: int, size: Tuple[int, int], batch: int) -> str:
         message = (
