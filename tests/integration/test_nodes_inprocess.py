@@ -12,6 +12,9 @@ from prompts import NEGATIVE, PROMPT, TINY
 from tolerance import assert_within_ulps
 
 
+FP8_DRIFT = 0.2  # bound on the relative RMS change of the tiny latent with fp8_e4m3fn weights (measured 0.076)
+
+
 @pytest.fixture(scope="module")
 def comfy_env(base_dir):
     harness.import_comfy()
@@ -303,7 +306,9 @@ def test_fp8_storage_samples(comfy_env):
     assert dit.model_size() < PyramidFlowVideoModelLoader.execute(
         model="pyramid-flow-miniflux/diffusion_transformer_384p", weight_dtype="fp32")[0].model_size() / 2
     latent = _sample(comfy_env, dit)[0]["samples"]
-    assert torch.isfinite(latent).all()
+    reference = _sample(comfy_env, _load_models(comfy_env)[0])[0]["samples"]  # the same run with fp32 weights
+    drift = ((latent - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()).item()
+    assert 0 < drift < FP8_DRIFT, drift  # fp8 storage moves the latent, within the bound measured for it
 
 
 def test_torch_compile_node_matches_eager(comfy_env, monkeypatch):
@@ -421,7 +426,13 @@ def test_prompt_schedule_conditions_by_time(comfy_env):
     dit, _ = _load_models(comfy_env)
     latent, frames = PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive[:2], negative=negative,
                                                              duration_seconds=0.7)).result
-    assert frames == 17 and torch.isfinite(latent["samples"]).all()
+    first_only, _ = PyramidFlowVideoSampler.execute(**dict(TINY, model=dit, positive=positive[:1], negative=negative,
+                                                           duration_seconds=0.7)).result
+    assert frames == 17 and latent["samples"].shape[2] == 3
+    # the second prompt starts at 0.5 s, in latent frame 2: frames 0-1 are the first prompt's run exactly (the same
+    # code path), frame 2 is not
+    assert torch.equal(latent["samples"][:, :, :2], first_only["samples"][:, :, :2])
+    assert not torch.allclose(latent["samples"][:, :, 2:], first_only["samples"][:, :, 2:], atol=1e-3)
     with pytest.raises(ValueError, match="same latent frame"):  # 0.5 s and 0.6 s both fall in unit 2: refused
         _text("0: a red fox / 0.5: a blue fox / 0.6: a red fox")  # by the schedule node, before any encoding
     same_frame = positive[:2] + [[positive[2][0], {**positive[2][1], START_SECONDS_KEY: 0.6}]]
