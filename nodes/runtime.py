@@ -19,10 +19,10 @@ import folder_paths
 import latent_preview
 
 from ..pyramid_flow import orchestration
-from ..pyramid_flow.latents import LATENT_CHANNELS, denormalize, normalize, pixel_size
+from ..pyramid_flow.latents import LATENT_CHANNELS, denormalize, normalize
 from ..pyramid_flow.orchestration import SamplingSettings, TimedEmbeddings
 from ..pyramid_flow.placement import Placement
-from ..pyramid_flow.resume import ResumeState, prune, tensor_digest
+from ..pyramid_flow.resume import ResumeState, kept_frames, prune, tensor_digest
 from ..pyramid_flow.sampler import Conditioning, StepInfo
 from ..pyramid_flow.text import TextEmbeddings
 from ..pyramid_flow.text.embeddings import TEXT_TOKENS
@@ -46,10 +46,7 @@ class ComfyPlacement(Placement):
 
     @contextmanager
     def loaded(self, memory_required: int = 0) -> Iterator[torch.nn.Module]:
-        if self.force_full_load:
-            mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
-        else:
-            mm.load_models_gpu([self.patcher], memory_required=memory_required)
+        mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=self.force_full_load)
         try:
             yield self.module
         except BaseException:
@@ -167,11 +164,11 @@ def sample(model, cond: Conditioning, uncond: TextEmbeddings, settings: Sampling
     an interrupted, crashed or out-of-memory run queued again continues after its finished frames."""
     placement = dit_placement(model)
     first = start.get("image_moments", start.get("history"))
-    size = start.get("size") or pixel_size(first)
+    size = orchestration.video_size(start.get("size"), start.get("image_moments"), start.get("history"))
     resume = resume_state(model, cond, uncond, settings, size, first)
     if resume is not None:
         prune(os.path.dirname(resume.folder), RESUME_LIMIT_BYTES, keep=resume.folder)
-        kept = resume.frame_count()
+        kept = kept_frames(resume.folder)
         if kept:
             message = f"Resuming: {kept} latent frames of a stopped run with these inputs are kept; continuing after them."
             log.info("Pyramid Flow: %s", message)

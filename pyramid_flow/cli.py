@@ -20,7 +20,7 @@ from .parallel import (DEFAULT_TIMEOUT_S, ParallelContext, check_same_arguments,
                        launched_by_torchrun, main_rank_first, shutdown)
 from .pipeline import PyramidFlowPipeline
 from .placement import OUT_OF_MEMORY
-from .resume import IDENTITY_FILE
+from .resume import IDENTITY_FILE, kept_frames
 from .testing.tiny import build_tiny_checkpoint
 from .text import DEFAULT_NEGATIVE_PROMPT
 from .vae import FAST_DECODE, SAVE_MEMORY_DECODE
@@ -238,7 +238,7 @@ def default_work_dir(output: str) -> str:
 
 
 def report_kept_frames(work_dir: str) -> None:
-    kept = len([name for name in os.listdir(work_dir) if name.startswith("frame_")]) if os.path.isdir(work_dir) else 0
+    kept = kept_frames(work_dir)
     if kept:
         log.error("pyramid_flow: %d finished latent frames are kept in %s: run the same command again to continue "
                   "from them (add --history-window 16 after an out-of-memory error; --restart starts over).",

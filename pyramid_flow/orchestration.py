@@ -142,6 +142,13 @@ def conditioning_digest(cond: Conditioning, uncond: Optional[TextEmbeddings]) ->
     return tensor_digest(*entries, *(uncond.tensors() if uncond is not None else (None,)))
 
 
+def video_size(size: Optional[Tuple[int, int]] = None, image_moments: Optional[torch.Tensor] = None,
+               history: Optional[torch.Tensor] = None) -> Tuple[int, int]:
+    """(height, width) in pixels of a run: ``size`` for text-to-video, else the size of what it starts from."""
+    start = image_moments if image_moments is not None else history
+    return size if start is None else pixel_size(start)
+
+
 def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbeddings], settings: SamplingSettings, *,
            latent_frames: int, dtype: torch.dtype, size: Optional[Tuple[int, int]] = None,
            image_moments: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None, variant=None,
@@ -158,8 +165,7 @@ def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbedd
     what the uninterrupted run gives (:mod:`pyramid_flow.resume`; default noise only). ``parallel``: CFG halves on
     two ranks (:mod:`pyramid_flow.parallel`).
     """
-    start = image_moments if image_moments is not None else history
-    height, width = size if start is None else pixel_size(start)
+    height, width = video_size(size, image_moments, history)
     if resume is not None and not resumable(settings):
         log.info("Pyramid Flow: the official noise is one sequential stream, so this run keeps no resume state.")
         resume = None
@@ -207,20 +213,23 @@ def smaller_settings(tile: int, window: int) -> Optional[Tuple[int, int]]:
     return None
 
 
-def with_oom_retry(placement: Placement, run: Callable[[int, int], torch.Tensor], tile: int, window: int,
-                   what: str) -> torch.Tensor:
-    """``run(tile, window)``; on out-of-memory the cache is freed and it runs again with smaller settings."""
-    while True:
-        try:
-            return run(tile, window)
-        except OUT_OF_MEMORY:
-            placement.free_cache()
-            smaller = smaller_settings(tile, window)
-            if smaller is None:
-                raise
-            log.warning("Pyramid Flow %s ran out of memory at tile %s, window %s; retrying with tile %s, window %s",
-                        what, tile, window, *smaller)
-            tile, window = smaller
+def run_vae(placement: Placement, memory_required: int, x: torch.Tensor, tile: int, window: int, what: str,
+            call: Callable[[torch.nn.Module, torch.Tensor, int, int], torch.Tensor]) -> torch.Tensor:
+    """``call(vae, x, tile, window)`` on the placed VAE, ``x`` moved to its device and dtype; on out-of-memory the
+    cache is freed and it runs again with smaller settings."""
+    with placement.loaded(memory_required) as vae, torch.no_grad():
+        x = x.to(device=placement.device, dtype=vae_dtype(vae))
+        while True:
+            try:
+                return call(vae, x, tile, window)
+            except OUT_OF_MEMORY:
+                placement.free_cache()
+                smaller = smaller_settings(tile, window)
+                if smaller is None:
+                    raise
+                log.warning("Pyramid Flow %s ran out of memory at tile %s, window %s; retrying with tile %s, "
+                            "window %s", what, tile, window, *smaller)
+                tile, window = smaller
 
 
 def encode_video(placement: Placement, video: torch.Tensor, tile: int = ENCODE_TILE, window: int = 2,
@@ -231,15 +240,9 @@ def encode_video(placement: Placement, video: torch.Tensor, tile: int = ENCODE_T
     settings are tried after an out-of-memory error.
     """
     memory = encode_memory(placement.module, tuple(video.shape), window, tile or None, tile_overlap)
-    with placement.loaded(memory) as vae:
-        video = video.to(device=placement.device, dtype=vae_dtype(vae))
-
-        def run(tile: int, window: int) -> torch.Tensor:
-            with torch.no_grad():
-                return vae.encode(video, temporal_chunk=video.shape[2] > 1, window_size=window,
-                                  tile_sample_min_size=tile or None, tile_overlap=tile_overlap, callback=callback)
-
-        return with_oom_retry(placement, run, tile, window, what)
+    return run_vae(placement, memory, video, tile, window, what, lambda vae, video, tile, window: vae.encode(
+        video, temporal_chunk=video.shape[2] > 1, window_size=window, tile_sample_min_size=tile or None,
+        tile_overlap=tile_overlap, callback=callback))
 
 
 def decode_video(placement: Placement, latent: torch.Tensor, tile: int, window: int, tile_overlap: float = 0.25,
@@ -253,15 +256,9 @@ def decode_video(placement: Placement, latent: torch.Tensor, tile: int, window: 
     on_device = output_device is None or torch.device(output_device) == placement.device
     memory = decode_memory(placement.module, tuple(latent.shape), window, tile or None, tile_overlap,
                            output_on_device=on_device)
-    with placement.loaded(memory) as vae:
-        latent = latent.to(device=placement.device, dtype=vae_dtype(vae))
-
-        def run(tile: int, window: int) -> torch.Tensor:
-            with torch.no_grad():
-                return vae.decode(latent, temporal_chunk=True, window_size=window, tile_sample_min_size=tile or None,
-                                  tile_overlap=tile_overlap, callback=callback, output_device=output_device)
-
-        return with_oom_retry(placement, run, tile, window, "VAE decode")
+    return run_vae(placement, memory, latent, tile, window, "VAE decode", lambda vae, latent, tile, window: vae.decode(
+        latent, temporal_chunk=True, window_size=window, tile_sample_min_size=tile or None, tile_overlap=tile_overlap,
+        callback=callback, output_device=output_device))
 
 
 def encode_first_frame(placement: Placement, image: ImageLike, size: Optional[Tuple[int, int]] = None,

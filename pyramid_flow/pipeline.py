@@ -20,7 +20,7 @@ from .loading.state_dict import CheckpointError, read_json
 from .memory import stream_cache_memory
 from .orchestration import (Noise, SamplingSettings, ScheduleLike, TimedEmbeddings, check_request, decode_video,
                             encode_first_frame, encode_prompts, fit_frames, frames_to_history, run_identity, sample,
-                            timed_conditioning)
+                            timed_conditioning, video_size)
 from .ops import bound_onednn_caches
 from .parallel import ParallelContext
 from .placement import DevicePlacement
@@ -170,7 +170,7 @@ class PyramidFlowPipeline:
         if resume_dir is not None and self.parallel is not None:
             log.info("A parallel run keeps no resume state (every rank would write the same frames).")
         elif resume_dir is not None:
-            size = start.get("size") or pixel_size(start.get("image_moments", start.get("history")))
+            size = video_size(start.get("size"), start.get("image_moments"), start.get("history"))
             resume = ResumeState(resume_dir, run_identity(self.dit, self.variant.name, settings, size, request,
                                                           start_key))
         return sample(self.placed(self.dit), cond, uncond, settings, latent_frames=latent_frames, dtype=self.dtype,

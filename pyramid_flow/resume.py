@@ -29,6 +29,18 @@ from .video_io import atomic_path
 FORMAT_VERSION = "1"
 IDENTITY_FILE = "identity.json"
 FRAME_KEY = "frame"
+FRAME_PREFIX = "frame_"  # frame_<unit>.safetensors
+
+
+def kept_frames(folder: str) -> int:
+    """How many finished frames a state folder holds (0 when there is none)."""
+    if not os.path.isdir(folder):
+        return 0
+    return len([name for name in os.listdir(folder) if name.startswith(FRAME_PREFIX)])
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
 
 
 class StateMismatch(ValueError):
@@ -75,13 +87,8 @@ class ResumeState:
         state.folder = os.path.join(root, state.digest)
         return state
 
-    def frame_count(self) -> int:
-        if not os.path.isdir(self.folder):
-            return 0
-        return len([name for name in os.listdir(self.folder) if name.startswith("frame_")])
-
     def _frame_path(self, unit: int) -> str:
-        return os.path.join(self.folder, f"frame_{unit:05d}.safetensors")
+        return os.path.join(self.folder, f"{FRAME_PREFIX}{unit:05d}.safetensors")
 
     def check(self) -> bool:
         """Whether a state of this run exists; StateMismatch, naming the fields, for a state of another run."""
@@ -141,11 +148,6 @@ class ResumeState:
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def size_bytes(self) -> int:
-        if not os.path.isdir(self.folder):
-            return 0
-        return sum(os.path.getsize(os.path.join(self.folder, name)) for name in os.listdir(self.folder))
-
 
 def prune(root: str, limit_bytes: int, keep: str) -> None:
     """Remove the oldest states under ``root`` (by last change) until they take at most ``limit_bytes``; ``keep``
@@ -154,7 +156,7 @@ def prune(root: str, limit_bytes: int, keep: str) -> None:
         return
     states = [os.path.join(root, name) for name in os.listdir(root) if os.path.join(root, name) != keep]
     states = sorted((path for path in states if os.path.isdir(path)), key=os.path.getmtime)
-    sizes = {path: sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) for path in states}
+    sizes = {path: folder_bytes(path) for path in states}
     total = sum(sizes.values())
     for path in states:
         if total <= limit_bytes:

@@ -16,6 +16,7 @@ from pyramid_flow.loading.state_dict import CheckpointError, load_state_dict, re
 from pyramid_flow.testing.tiny import build_tiny_checkpoint
 from pyramid_flow.vae import load_vae
 from pyramid_flow.video_io import load_latents
+from tolerance import assert_within_ulps
 
 DIT_FOLDER = "diffusion_transformer_384p"
 
@@ -144,7 +145,7 @@ def _cli_latent(tmp_path, name: str, root: str, *extra: str):
 
 def test_the_cli_generates_with_training_checkpoints_what_their_weights_generate(tmp_path, tiny_root):
     """--dit with --ema and --vae replace the model folder's components: the run equals one from an official folder
-    holding the same weights (the same code path on both sides: bit-exact)."""
+    holding the same weights (the same weights through other load paths: within a few ulps)."""
     original = dit_weights(tiny_root)
     ema = ema_of(original)
     folder = write_accelerate_folder(tmp_path / "checkpoint-500", fsdp_wrapped(original), ema=fsdp_wrapped(ema))
@@ -158,5 +159,5 @@ def test_the_cli_generates_with_training_checkpoints_what_their_weights_generate
 
     expected = _cli_latent(tmp_path, "reference", str(reference))
     got = _cli_latent(tmp_path, "fine_tune", tiny_root, "--dit", folder, "--ema", "--vae", vae_file)
-    assert torch.equal(got, expected)
+    assert_within_ulps(got, expected, name="fine-tune vs the same weights in the official folder")
     assert not torch.equal(got, _cli_latent(tmp_path, "original", tiny_root))  # the fine-tune changed something

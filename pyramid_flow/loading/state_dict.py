@@ -185,9 +185,7 @@ class KeyLayout:
         unwrapped = {unwrap(key): key for key in keys}
         for prefix in self.prefixes:
             mine = [key for key in unwrapped if key.startswith(prefix)]
-            if not mine or len(mine) == len(unwrapped):
-                if mine:
-                    return {key[len(prefix):]: unwrapped[key] for key in mine}
+            if not mine:
                 continue
             stray = [key for key in unwrapped if not key.startswith((prefix,) + self.others)]
             if stray:
