@@ -101,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="discard a stopped run's frames and start over")
     p.add_argument("--keep-state", action="store_true", help="keep the finished frames after success")
     p.add_argument("--cfg-parallel", action="store_true",
-                   help="under torchrun with 2 processes: the negative and positive halves of every guided step on "
-                        "two ranks (GPUs, or CPU processes with gloo); rank 0 writes the files")
-    p.add_argument("--sequence-parallel", type=int, default=1, metavar="S", help="reserved: sequence parallel (not yet)")
+                   help="under torchrun: the negative and positive halves of every guided step on two ranks (GPUs, "
+                        "or CPU processes with gloo), 2 processes (2 x S with --sequence-parallel S); rank 0 writes")
+    p.add_argument("--sequence-parallel", type=int, default=1, metavar="S",
+                   help="under torchrun: the image tokens of every DiT call shared by S ranks (Ulysses); S must divide "
+                        "the DiT's attention heads (miniFLUX 30, SD3 24); with --cfg-parallel, 2 x S processes")
     p.add_argument("--dist-backend", choices=("nccl", "gloo"), help="default: nccl when every rank has a GPU, else gloo")
     p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="how long a rank waits for the others at one step before the run stops with an error")
@@ -281,13 +283,15 @@ def make_video(args, work_dir: str, context: Optional[ParallelContext] = None) -
         seed = args.seed or 0
         latents = pipe.generate(args.prompt, height, width, latent_frames, args.steps, args.video_steps, args.guidance,
                                 args.video_guidance, seed=seed, output_type="latent", **common)
-    if not main_rank:  # every rank holds the same latents; rank 0 alone decodes and writes
+    settings = FAST_DECODE if args.no_save_memory else SAVE_MEMORY_DECODE
+    frames = pipe.iter_frames(latents, settings, callback=ProgressBar("decoding", main_rank).piece)
+    if not main_rank:  # every rank holds the same latents and decodes its share of the tiles; rank 0 writes
+        for _ in frames:
+            pass
         return
     if args.save_latent:
         save_latents(args.save_latent, latents, variant=pipe.variant.name, seed=seed)
         log.info("Wrote the latent (%d latent frames) to %s", latents.shape[2], args.save_latent)
-    settings = FAST_DECODE if args.no_save_memory else SAVE_MEMORY_DECODE
-    frames = pipe.iter_frames(latents, settings, callback=ProgressBar("decoding").piece)
     if args.output.endswith(".mp4"):
         count, where = write_mp4(frames, args.output), args.output
     else:

@@ -12,19 +12,21 @@ a name says VAE space. B batch, T latent frames, h/w latent height and width.
 """
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from .cfg_devices import CfgOnTwoDevices
 from .dit.compile import compiled_blocks
 from .image import ImageLike, first_frame_input, resize_to
 from .latents import (LATENT_CHANNELS, PYRAMID_STAGES, RESOLUTION_MULTIPLE, check_resolution, check_latent_frames, video_frames_for,
                       normalize, pixel_size, resolution_warning, latent_frames_for_video)
 from .memory import decode_memory, dit_memory, encode_memory, vae_dtype
 from .noise import NoiseSource, make_noise
-from .parallel import ParallelContext
+from .parallel import ParallelContext, splits_cfg
 from .placement import OUT_OF_MEMORY, Placement
 from .resume import ResumeState, model_fingerprint, tensor_digest
 from .sampler import Conditioning, FrameCallback, PyramidSampler, StepCallback, Steps, stage_steps
@@ -104,15 +106,31 @@ class SamplingSettings:
 
 def make_sampler(dit: torch.nn.Module, device: torch.device, dtype: torch.dtype, settings: SamplingSettings,
                  callback: Optional[StepCallback] = None, scheduler: Optional[PyramidFlowScheduler] = None,
-                 frame_callback: Optional[FrameCallback] = None,
-                 parallel: Optional[ParallelContext] = None) -> PyramidSampler:
+                 frame_callback: Optional[FrameCallback] = None, parallel: Optional[ParallelContext] = None,
+                 cfg_devices: Optional[CfgOnTwoDevices] = None) -> PyramidSampler:
     """The sampler of a run, with its noise source: ``settings.noise`` itself when it is a source, else the one
     registered under its name, for ``settings.seed``."""
     scheduler = scheduler or PyramidFlowScheduler()
     noise = settings.noise
     if noise is None or isinstance(noise, str):
         noise = make_noise(noise or "default", settings.seed, gamma=scheduler.gamma, device=device)
-    return PyramidSampler(dit, noise, device, dtype, scheduler, callback, frame_callback, parallel)
+    return PyramidSampler(dit, noise, device, dtype, scheduler, callback, frame_callback, parallel, cfg_devices)
+
+
+@contextmanager
+def cfg_on_second_device(second: Optional[Placement], memory_required: int, dtype: torch.dtype,
+                         guided: bool) -> Iterator[Optional[CfgOnTwoDevices]]:
+    """The second device's DiT, loaded, running the positive CFG half of each step (None without one, or
+    without CFG)."""
+    if second is None or not guided:
+        yield None
+        return
+    with second.loaded(memory_required) as dit:
+        devices = CfgOnTwoDevices(dit, second.device, dtype)
+        try:
+            yield devices
+        finally:
+            devices.close()
 
 
 def resumable(settings: SamplingSettings) -> bool:
@@ -154,7 +172,7 @@ def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbedd
            image_moments: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None, variant=None,
            callback: Optional[StepCallback] = None, compile_options: Optional[Mapping] = None,
            scheduler: Optional[PyramidFlowScheduler] = None, resume: Optional[ResumeState] = None,
-           parallel: Optional[ParallelContext] = None) -> torch.Tensor:
+           parallel: Optional[ParallelContext] = None, second: Optional[Placement] = None) -> torch.Tensor:
     """Sample a video of ``latent_frames`` on the placed DiT -> normalised latents [B, 16, latent_frames, h, w].
 
     Text-to-video from nothing (``size`` = (height, width) in pixels); image-to-video from ``image_moments``, the
@@ -162,8 +180,9 @@ def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbedd
     ``variant``); or the continuation of ``history``, normalised latents [B, 16, T0, h, w]. ``dtype``: the compute
     dtype; ``compile_options``: torch.compile kwargs for the DiT blocks (None: eager). ``resume``: where the
     finished frames are kept as they are made; when it already holds some, the run continues after them and gives
-    what the uninterrupted run gives (:mod:`pyramid_flow.resume`; default noise only). ``parallel``: CFG halves on
-    two ranks (:mod:`pyramid_flow.parallel`).
+    what the uninterrupted run gives (:mod:`pyramid_flow.resume`; default noise only). ``parallel``: CFG halves and
+    sequence shares over ranks (:mod:`pyramid_flow.parallel`); ``second``: a copy of the DiT on a second device,
+    which runs the positive CFG half of every step (:mod:`pyramid_flow.cfg_devices`).
     """
     height, width = video_size(size, image_moments, history)
     if resume is not None and not resumable(settings):
@@ -177,14 +196,16 @@ def sample(placement: Placement, cond: Conditioning, uncond: Optional[TextEmbedd
         log.info("Pyramid Flow: resuming after latent frame %d of %d (kept in %s).", finished.shape[2], latent_frames,
                  resume.folder)
         image_moments, history = None, finished
-    doubled = settings.guidance_scale > 0 and parallel is None  # CFG doubles the batch, unless split over ranks
+    guided = settings.guidance_scale > 0
+    doubled = guided and not splits_cfg(parallel) and second is None  # CFG doubles the batch, unless split
     batch = PromptSchedule.of(cond).batch * (2 if doubled else 1)
     memory = dit_memory(placement.module, height, width, latent_frames - 1, batch, dtype, settings.history_window)
     guidance = dict(guidance_scale=settings.guidance_scale, video_guidance_scale=settings.video_guidance_scale,
                     history_window=settings.history_window)
-    with placement.loaded(memory) as dit, compiled_blocks(dit, compile_options):
+    with placement.loaded(memory) as dit, compiled_blocks(dit, compile_options), \
+            cfg_on_second_device(second, memory, dtype, guided) as cfg_devices:
         sampler = make_sampler(dit, placement.device, dtype, settings, callback, scheduler,
-                               resume.save_frame if resume is not None else None, parallel)
+                               resume.save_frame if resume is not None else None, parallel, cfg_devices)
         if image_moments is not None:
             return sampler.image_to_video(cond, uncond, image_moments=image_moments, variant=variant,
                                           latent_frames=latent_frames, steps=settings.video_steps, **guidance)

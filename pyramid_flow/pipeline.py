@@ -22,6 +22,7 @@ from .orchestration import (Noise, SamplingSettings, ScheduleLike, TimedEmbeddin
                             encode_first_frame, encode_prompts, fit_frames, frames_to_history, run_identity, sample,
                             timed_conditioning, video_size)
 from .ops import bound_onednn_caches
+from .dit.sequence_parallel import check_split
 from .parallel import ParallelContext
 from .placement import DevicePlacement
 from .resume import ResumeState, tensor_digest
@@ -81,7 +82,7 @@ class PyramidFlowPipeline:
         self.scheduler = scheduler or PyramidFlowScheduler()
         self.offload = offload
         self.compile_options = compile_options
-        self.parallel = parallel  # CFG halves on two ranks (pyramid_flow.parallel); None: one process
+        self.parallel = parallel  # CFG halves and sequence shares over ranks (pyramid_flow.parallel); None: one process
 
     def placed(self, module: torch.nn.Module) -> DevicePlacement:
         """How ``module`` reaches the compute device: resident, or moved there only while it runs (``offload``)."""
@@ -108,7 +109,7 @@ class PyramidFlowPipeline:
         ``dit_path`` / ``vae_path`` replace that component of ``root`` with other weights (a fine-tune: a
         ``checkpoint-N`` folder or a file of the official training scripts, see :func:`~pyramid_flow.dit.load_dit`);
         the config.json of ``root``'s component still describes the architecture. ``ema``: the DiT's EMA weights.
-        ``parallel``: this process's place in a CFG-parallel run (:func:`pyramid_flow.parallel.from_environment`).
+        ``parallel``: this process's place in a parallel run (:func:`pyramid_flow.parallel.from_environment`).
         """
         bound_onednn_caches()
         device = torch.device(device)
@@ -116,8 +117,10 @@ class PyramidFlowPipeline:
         offload = device.type == "cuda" if offload is None else offload
         load_device = torch.device("cpu") if offload else device
         dit_folder_path = find_dit_folder(root, dit_folder)
-        dit, info = load_dit(dit_path or dit_folder_path, dtype=dtype, device=load_device, ema=ema,
-                             config=read_json(os.path.join(dit_folder_path, "config.json")))
+        dit_config = read_json(os.path.join(dit_folder_path, "config.json"))
+        if parallel is not None and parallel.sequence is not None and "num_attention_heads" in dit_config:
+            check_split(parallel.sequence.size, dit_config["num_attention_heads"])  # before any weight loads
+        dit, info = load_dit(dit_path or dit_folder_path, dtype=dtype, device=load_device, ema=ema, config=dit_config)
         variant = get_variant(info.variant)
         vae_folder = os.path.join(root, VAE_FOLDER)
         vae = load_vae(vae_path or vae_folder, dtype=dtype, device=load_device,
@@ -307,11 +310,14 @@ class PyramidFlowPipeline:
     def iter_frames(self, latents: torch.Tensor, settings: DecodeSettings = SAVE_MEMORY_DECODE,
                     callback=None) -> Iterator[torch.Tensor]:
         """Normalised latents -> uint8 frames [n, H, W, 3], one decoded chunk at a time: a video of any length is
-        written out with the memory of one chunk (the numbers equal :meth:`decode`'s)."""
+        written out with the memory of one chunk (the numbers equal :meth:`decode`'s). In a parallel run every rank
+        must iterate: each decodes its share of the tiles, and rank 0 alone yields the frames."""
+        share = self.parallel.tile_share() if self.parallel is not None else None
         with self.placed(self.vae).loaded() as vae:
             latent = denormalize(latents, self.variant)
             for piece in vae.iter_decode(latent, settings.window_size, settings.tile_sample_min_size,
-                                         callback=callback, cache_device=self._cache_device(vae, latent, settings)):
+                                         callback=callback, cache_device=self._cache_device(vae, latent, settings),
+                                         share=share):
                 yield to_uint8(piece)
 
     def _cache_device(self, vae: torch.nn.Module, latent: torch.Tensor, settings: DecodeSettings) -> Optional[torch.device]:

@@ -21,11 +21,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .cfg_devices import CfgOnTwoDevices
 from .history import check_history_window, halve, history_clips, per_frame, window_frames
 from .latents import LATENT_CHANNELS, SPATIAL_SCALE, TRAINED_LATENT_FRAMES, normalize
 from .memory import DiTShape, dit_activation_bytes
 from .noise import NoiseSource, draw_posterior
-from .parallel import ParallelContext
+from .parallel import ParallelContext, splits_cfg
 from .scheduler import PyramidFlowScheduler
 from .text.embeddings import TextEmbeddings
 from .text.schedule import PromptSchedule
@@ -94,7 +95,8 @@ class _Run:
     latent_frames: int
     total: int
     history_window: Optional[int]
-    parallel: Optional[ParallelContext] = None  # CFG halves on two ranks (pyramid_flow.parallel)
+    parallel: Optional[ParallelContext] = None  # CFG halves and sequence shares over ranks (pyramid_flow.parallel)
+    devices: Optional[CfgOnTwoDevices] = None  # the positive CFG half on a second device (pyramid_flow.cfg_devices)
     done: int = 0
     _text: Dict[int, TextEmbeddings] = field(default_factory=dict)
 
@@ -104,29 +106,49 @@ class _Run:
 
     @property
     def doubled(self) -> bool:
-        """Whether one DiT call carries both CFG halves (batch 2); with CFG parallel each rank runs its half."""
-        return self.cfg and self.parallel is None
+        """Whether one DiT call carries both CFG halves (batch 2); with CFG parallel each rank runs its half, with a
+        second device each device its half."""
+        return self.cfg and not splits_cfg(self.parallel) and self.devices is None
+
+    @property
+    def runs_negative_half(self) -> bool:
+        """Whether this process's DiT calls carry the negative half alone (CFG split over ranks or devices)."""
+        return self.cfg and not self.doubled and (self.devices is not None or self.parallel.cfg_rank == 0)
+
+    @property
+    def sequence_split(self) -> Dict[str, object]:
+        """The DiT's ``sequence_split`` argument under sequence parallel (none otherwise)."""
+        share = None if self.parallel is None else self.parallel.sequence
+        return {} if share is None else {"sequence_split": share}
 
     def text(self, unit: int) -> TextEmbeddings:
-        """The DiT's text input for ``unit``: [negative; positive] with CFG, this rank's half with CFG parallel, else
-        the positive prompt alone."""
+        """The DiT's text input for ``unit``: [negative; positive] with CFG, this rank's or this device's half with
+        CFG split, else the positive prompt alone."""
         cond = self.prompts.at(unit)
         key = id(cond)
         if key not in self._text:
             if self.doubled:
                 self._text[key] = TextEmbeddings.cat([self.uncond, cond])
             else:
-                self._text[key] = self.uncond if self.cfg and self.parallel.cfg_rank == 0 else cond
+                self._text[key] = self.uncond if self.runs_negative_half else cond
         return self._text[key]
 
-    def predict(self, text: TextEmbeddings, clips: List[torch.Tensor], sample: torch.Tensor, timestep: torch.Tensor,
-                guidance: float) -> torch.Tensor:
+    def predict(self, unit: int, text: TextEmbeddings, clips: List[torch.Tensor], sample: torch.Tensor,
+                timestep: torch.Tensor, guidance: float) -> torch.Tensor:
         model_input = torch.cat([sample] * 2) if self.doubled else sample
         timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)
-        velocity = self.dit(clips + [model_input], text.prompt_embeds, text.attention_mask, text.pooled, timestep)
+        positive = (self.devices.start(self.prompts.at(unit), clips, model_input, timestep)
+                    if self.cfg and self.devices is not None else None)
+        velocity = self.dit(clips + [model_input], text.prompt_embeds, text.attention_mask, text.pooled, timestep,
+                            **self.sequence_split)
         if not self.cfg:
             return velocity
-        uncond, cond = self.parallel.gather_halves(velocity) if self.parallel is not None else velocity.chunk(2)
+        if positive is not None:
+            uncond, cond = velocity, self.devices.result(positive, velocity.device)
+        elif self.doubled:
+            uncond, cond = velocity.chunk(2)
+        else:
+            uncond, cond = self.parallel.gather_halves(velocity)
         return uncond + guidance * (cond - uncond)
 
     def generate_unit(self, unit: int, noise: torch.Tensor, history: List[List[torch.Tensor]], steps: List[int],
@@ -143,7 +165,7 @@ class _Run:
                 latent = renoise.alpha * latent + renoise.beta * block_noise
             clips = [torch.cat([c] * 2) if self.doubled else c for c in history[stage]] if history else []
             for k, t in enumerate(grid.timesteps):
-                velocity = self.predict(text, clips, latent, t, guidance)
+                velocity = self.predict(unit, text, clips, latent, t, guidance)
                 sample, latent = latent, self.scheduler.step(velocity, latent, grid.sigmas[k], grid.sigmas[k + 1])
                 self.done += 1
                 if self.callback is not None:
@@ -188,8 +210,10 @@ class PyramidSampler:
         callback: Optional[StepCallback] = None,
         frame_callback: Optional[FrameCallback] = None,
         parallel: Optional[ParallelContext] = None,
+        cfg_devices: Optional[CfgOnTwoDevices] = None,
     ):
         self.dit, self.noise, self.device, self.dtype = dit, noise, device, dtype
+        self.cfg_devices = cfg_devices
         self.scheduler = scheduler or PyramidFlowScheduler()
         self.callback, self.frame_callback, self.parallel = callback, frame_callback, parallel
 
@@ -208,7 +232,7 @@ class PyramidSampler:
         for embeddings in [emb for _, emb in prompts.entries] + ([uncond] if uncond is not None else []):
             embeddings.validate(text_dim=text_dim, pooled_dim=pooled_dim)
         return _Run(self.dit, self.scheduler, self.noise, prompts, uncond, self.callback, self.frame_callback,
-                    latent_frames, total, history_window, self.parallel)
+                    latent_frames, total, history_window, self.parallel, self.cfg_devices)
 
     def _long_history_message(self, latent_frames: int, size: Tuple[int, int], batch: int) -> str:
         message = (

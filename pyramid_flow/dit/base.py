@@ -12,6 +12,7 @@ from ..attention import SDPA, AttentionBackend
 from .embeddings import TimestepTextEmbedding, rope_cos_sin
 from .layers import AdaLayerNormContinuous, Rope
 from .sequence import JointMask, joint_attention_mask, token_grid, unpatchify, with_text_positions
+from .sequence_parallel import SequenceSplit
 
 
 class PyramidDiT(nn.Module):
@@ -74,6 +75,11 @@ class PyramidDiT(nn.Module):
         """The transformer blocks over the embedded clips: image tokens [B, N, D] out; text c [B, Lt, D]."""
         raise NotImplementedError
 
+    def image_tokens(self, clips: List[torch.Tensor], mask: JointMask) -> torch.Tensor:
+        """The embedded image tokens of the clips [B, N, D]; under sequence parallel this rank's share [B, n, D]."""
+        x = self.embed_clips(clips)
+        return x if mask.split is None else mask.split.local_tokens(x)
+
     def forward(
         self,
         clips: List[torch.Tensor],
@@ -82,25 +88,39 @@ class PyramidDiT(nn.Module):
         pooled: torch.Tensor,
         timestep: torch.Tensor,
         attention_backend: Optional[AttentionBackend] = None,
+        sequence_split: Optional[SequenceSplit] = None,
     ) -> torch.Tensor:
         """Velocity of the last clip.
 
         clips: [B, C, t_i, h_i, w_i] each, history first, the noisy clip last; context [B, Lt, D_text] (T5);
         context_mask [B, Lt] (1 = real token); pooled [B, P]; timestep [B] on the 0-1000 scale;
-        attention_backend: this call's attention kernel (default: the model's ``attention_backend``).
+        attention_backend: this call's attention kernel (default: the model's ``attention_backend``);
+        sequence_split: this rank's share of the image tokens under sequence parallel (every rank of the split
+        gets the same inputs and returns the same velocity).
         Returns [B, C, t, h, w] for ``clips[-1]``.
         """
         temb = self.time_text_embed(timestep, pooled)  # [B, D]
         c = self.context_embedder(context)  # [B, Lt, D]
-        positions = with_text_positions(self.clip_positions(clips), c.shape[1])  # [Lt+N, n]
-        rope = rope_cos_sin(positions, self.rope_axes)
-        mask = joint_attention_mask(context_mask, positions[:, 0], self.use_temporal_causal,
-                                    attention_backend or self.attention_backend)
-        x = self.run_blocks(clips, c, temb, mask, rope)  # [B, N, D]
+        image_positions = self.clip_positions(clips)  # [N, n]
+        tokens = image_positions.shape[0]
+        mask = joint_attention_mask(context_mask, with_text_positions(image_positions, c.shape[1])[:, 0],
+                                    self.use_temporal_causal, attention_backend or self.attention_backend,
+                                    sequence_split)
+        if sequence_split is not None:
+            image_positions = sequence_split.local_tokens(image_positions[None])[0]  # [n, n_axes]
+        rope = rope_cos_sin(with_text_positions(image_positions, c.shape[1]), self.rope_axes)
+        x = self.run_blocks(clips, c, temb, mask, rope)  # [B, N, D]; under sequence parallel [B, n, D]
         grid = token_grid(clips[-1], self.patch_size)
-        x = x[:, x.shape[1] - grid[0] * grid[1] * grid[2] :]  # tokens of the last clip
-        x = self.proj_out(self.norm_out(x, temb))  # [B, n_last, p*p*C]
+        last = grid[0] * grid[1] * grid[2]  # tokens of the last clip, the end of the sequence
+        if sequence_split is None:
+            x = self.proj_out(self.norm_out(x[:, tokens - last :], temb))  # [B, last, p*p*C]
+        else:  # the output head is token-wise: each rank runs its share, then the shares are gathered
+            x = sequence_split.all_tokens(self.proj_out(self.norm_out(x, temb)), tokens)[:, tokens - last :]
         return unpatchify(x, grid, self.patch_size)
+
+    @property
+    def attention_heads(self) -> int:
+        return self.transformer_blocks[0].attn.heads
 
 
 DIT_CLASSES: Dict[str, Type[PyramidDiT]] = {}

@@ -124,7 +124,7 @@ class PyramidFluxDiT(PyramidDiT):
         return self.x_embedder(tokens)
 
     def run_blocks(self, clips, c, temb, mask, rope):
-        x = self.embed_clips(clips)
+        x = self.image_tokens(clips, mask)
         for block in self.transformer_blocks:
             c, x = block(x, c, temb, mask, rope)
         x = torch.cat([c, x], dim=1)  # [B, Lt+N, D]

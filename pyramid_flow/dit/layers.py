@@ -149,7 +149,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask) -
 
     q, k and v must be the caller's own projections, views of [B, L, H, d] memory: the output is written over q
     (each frame's queries are read once, before their output is written), so the result is q's memory, merged
-    into [B, L, H*d] without a copy."""
+    into [B, L, H*d] without a copy. Under sequence parallel (``mask.split``) q, k, v hold this rank's image tokens
+    and the exchanges of :mod:`pyramid_flow.dit.sequence_parallel` run around the attention."""
+    if mask.split is not None:
+        return mask.split.attend(q, k, v, mask)
     return masked_attention(q, k, v, mask, out=q).transpose(1, 2).flatten(2)
 
 

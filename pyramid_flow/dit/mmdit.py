@@ -155,7 +155,7 @@ class PyramidMMDiT(PyramidDiT):
         return self.pos_embed(clips)
 
     def run_blocks(self, clips, c, temb, mask, rope):
-        x = self.embed_clips(clips)
+        x = self.image_tokens(clips, mask)
         for block in self.transformer_blocks:
             c, x = block(x, c, temb, mask, rope)
         return x

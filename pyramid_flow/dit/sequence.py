@@ -92,6 +92,7 @@ class JointMask:
     text_tokens: int
     text_lengths: List[int]
     attention: AttentionBackend = SDPA  # the kernel of this call's attention
+    split: Optional["SequenceSplit"] = None  # noqa: F821 (dit.sequence_parallel): image tokens spread over ranks
 
     @property
     def padded(self) -> bool:
@@ -99,17 +100,18 @@ class JointMask:
 
 
 def joint_attention_mask(context_mask: torch.Tensor, times: torch.Tensor, temporal_causal: bool = True,
-                         attention: AttentionBackend = SDPA) -> JointMask:
+                         attention: AttentionBackend = SDPA, split=None) -> JointMask:
     """context_mask [B, Lt] (1 = real token, real tokens first); times [Lt+N] non-decreasing temporal ids (text at
-    0); ``attention``: the kernel the call's attention runs on."""
+    0) of the whole sequence; ``attention``: the kernel the call's attention runs on; ``split``: the call's
+    :class:`~pyramid_flow.dit.sequence_parallel.SequenceSplit` under sequence parallel."""
     batch, text_tokens, length = context_mask.shape[0], context_mask.shape[1], times.shape[0]
     image = torch.ones(batch, length - text_tokens, dtype=torch.bool, device=context_mask.device)
     key_mask = torch.cat([context_mask.bool(), image], dim=1)[:, None, None]  # [B, 1, 1, L]
     text_lengths = context_mask.sum(dim=1).tolist()
     if not temporal_causal:
-        return JointMask(key_mask, [(0, length)], text_tokens, text_lengths, attention)
+        return JointMask(key_mask, [(0, length)], text_tokens, text_lengths, attention, split)
     ends = torch.unique_consecutive(times, return_counts=True)[1].cumsum(0).tolist()
-    return JointMask(key_mask, list(zip([0] + ends[:-1], ends)), text_tokens, text_lengths, attention)
+    return JointMask(key_mask, list(zip([0] + ends[:-1], ends)), text_tokens, text_lengths, attention, split)
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: JointMask,

@@ -23,7 +23,7 @@ from .layers import (
     norm_silu,
 )
 from .streaming import Progress, ProgressCounter, cat_frames, gather_frames, stream, temporal_chunks
-from .tiling import TileAssembler, TileGrid, tile_grid
+from .tiling import TileAssembler, TileGrid, TileShare, tile_grid
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,8 @@ class CausalVideoVAE(nn.Module):
     @torch.no_grad()
     def iter_decode(self, latent: torch.Tensor, window_size: int = 2, tile_sample_min_size: Optional[int] = None,
                     tile_overlap: float = 0.25, callback: Progress = None,
-                    cache_device: Optional[torch.device] = None) -> Iterator[torch.Tensor]:
+                    cache_device: Optional[torch.device] = None,
+                    share: Optional[TileShare] = None) -> Iterator[torch.Tensor]:
         """Decode chunk by chunk, yielding video pieces [B, 3, n, 8 h, 8 w] in frame order.
 
         The pieces, concatenated, equal ``decode(latent, temporal_chunk=True, window_size=...,
@@ -268,18 +269,27 @@ class CausalVideoVAE(nn.Module):
         cache (:func:`pyramid_flow.memory.stream_cache_memory`), so a video of any length can be written out as it decodes.
         ``cache_device``: park each tile's cache there (e.g. the CPU) between its chunks, when the caches of all
         tiles do not fit beside the decode; it costs a copy of the cache each way per chunk.
+        ``share``: the tiles spread over processes; every process iterates, the gathering one alone yields (the
+        same pieces as one process decoding every tile). Untiled, the gathering process decodes alone.
         """
         window, grid = self._decode_plan(latent, True, window_size, tile_sample_min_size, tile_overlap)
-        progress = ProgressCounter(callback, self._piece_count(latent.shape[2], window, grid))
         if grid is None:
-            yield from progress.track(stream(self._decode_run, latent, window))
+            if share is None or share.owns(0):
+                progress = ProgressCounter(callback, self._piece_count(latent.shape[2], window, grid))
+                yield from progress.track(stream(self._decode_run, latent, window))
             return
-        streams = [(i, j, progress.track(stream(self._decode_run, tile, window, cache_device)))
-                   for i, j, tile in grid.tiles(latent)]
+        mine = [(i, j, tile) for k, (i, j, tile) in enumerate(grid.tiles(latent)) if share is None or share.owns(k)]
+        progress = ProgressCounter(callback, len(temporal_chunks(latent.shape[2], window)) * len(mine))
+        streams = [(i, j, progress.track(stream(self._decode_run, tile, window, cache_device))) for i, j, tile in mine]
         for _ in temporal_chunks(latent.shape[2], window):
+            pieces = {(i, j): next(tile_pieces) for i, j, tile_pieces in streams}
+            if share is not None:
+                pieces = share.gather(pieces)
+                if pieces is None:
+                    continue
             assembler = TileAssembler(grid)
-            for i, j, pieces in streams:
-                assembler.add(i, j, next(pieces))
+            for i, j in sorted(pieces):  # raster order, the order of the official blend
+                assembler.add(i, j, pieces[(i, j)])
             yield assembler.output
 
     def _decode_plan(self, latent, temporal_chunk, window_size, tile_sample_min_size, tile_overlap):

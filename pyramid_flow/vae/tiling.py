@@ -20,7 +20,7 @@ every tile can be assembled on its own with the same result.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 
@@ -107,6 +107,20 @@ def blend_(prev: torch.Tensor, tile: torch.Tensor, extent: int, dim: int) -> Non
     compute = torch.float32 if tile.dtype.itemsize < 4 else tile.dtype
     blended = prev.narrow(dim, prev.shape[dim] - extent, extent).to(compute) * keep + head.to(compute) * take
     head.copy_(blended)
+
+
+TilePieces = Dict[Tuple[int, int], torch.Tensor]  # (row, column) -> that tile's piece of one temporal chunk
+
+
+class TileShare(Protocol):
+    """How the tiles of one decode are shared out over processes (``pyramid_flow.parallel.TileRanks``): each
+    process decodes the tiles it owns, and one process gathers every tile's piece of each chunk."""
+
+    def owns(self, index: int) -> bool:
+        """Whether this process decodes tile ``index`` (raster order)."""
+
+    def gather(self, pieces: TilePieces) -> Optional[TilePieces]:
+        """This process's pieces of one chunk -> every tile's piece on the gathering process, None elsewhere."""
 
 
 class TileAssembler:
