@@ -5,6 +5,7 @@ from typing import Sequence, Union
 from comfy_api.v0_0_2 import io
 
 from .common import check_finite
+from .devices import unknown_device_message
 
 
 class PyramidFlowNode(io.ComfyNode):
@@ -27,7 +28,7 @@ class PyramidFlowNode(io.ComfyNode):
         options = {item.id: list(item.options) for item in cls.define_schema().inputs if isinstance(item, io.Combo.Input)}
         for name, value in values.items():
             if value is not None and name in options and value not in options[name]:
-                return cls.combo_error(name, value, options[name])
+                return unknown_device_message(value) if name == "device" else cls.combo_error(name, value, options[name])
         return True
 
     @classmethod

@@ -15,6 +15,7 @@ from ..pyramid_flow.text import PyramidTextEncoder
 from ..pyramid_flow.vae import load_vae
 from . import models
 from .base import PyramidFlowNode
+from .devices import DEFAULT_DEVICE, device_input, placed_on
 from .types import ModelSocket, TextEncoderSocket, VAESocket
 
 CATEGORY = "PyramidFlow/loaders"
@@ -58,14 +59,15 @@ class PyramidFlowVideoModelLoader(PyramidFlowNode):
                 io.Boolean.Input("use_ema", default=False, optional=True, tooltip=(
                     "For a training checkpoint-N folder: load its EMA weights (pytorch_model_ema.bin, written when "
                     "training ran with EMA) instead of the trained weights.")),
+                device_input(),
             ],
             outputs=[ModelSocket.Output(display_name="model", tooltip=(
                 "The Pyramid Flow DiT, managed by ComfyUI (offloaded and partially loaded as VRAM requires)."))],
         )
 
     @classmethod
-    def validate_inputs(cls, model: str, weight_dtype: str):
-        return cls.check_combos(model=model, weight_dtype=weight_dtype)
+    def validate_inputs(cls, model: str, weight_dtype: str, device: str = DEFAULT_DEVICE):
+        return cls.check_combos(model=model, weight_dtype=weight_dtype, device=device)
 
     @classmethod
     def combo_error(cls, name: str, value, options) -> str:
@@ -75,26 +77,34 @@ class PyramidFlowVideoModelLoader(PyramidFlowNode):
 
     @classmethod
     def process(cls, model: str, weight_dtype: str, download_if_missing: bool = False,
-                use_ema: bool = False) -> io.NodeOutput:
-        path = models.resolve(model, "diffusion_models", download_if_missing, "DiT", "dit")
-        fp8_matmul = weight_dtype.endswith(FAST_SUFFIX)
-        weight = WEIGHT_DTYPES.get(weight_dtype.removesuffix(FAST_SUFFIX))
-        if weight is None:
-            raise ValueError(dtype_name_error(weight_dtype, WEIGHT_DTYPES))
-        load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
-        compute = compute_dtype(weight)
-        if compute == torch.bfloat16 and not mm.should_use_bf16(load_device) and not mm.is_device_cpu(load_device):
-            compute = torch.float32
-        operations = models.dit_operations(weight, compute, load_device, fp8_matmul)
-        try:
-            dit, info = load_dit(path, dtype=weight, device=offload, operations=operations,
-                                reader=models.read_weights, ema=use_ema,
-                                attention_backend=models.comfy_attention_backend())
-        except (CheckpointError, KeyError) as err:
-            raise _not_a("DiT", model, err, "Pick a diffusion_transformer_* folder or a Pyramid Flow DiT "
-                         ".safetensors file (not a VAE, text encoder or another model's checkpoint).") from err
-        wrapper = models.PyramidFlowDiTModel(dit, info, checkpoint_kind(path), weight, compute)
-        return io.NodeOutput(models.make_patcher(wrapper, load_device, offload))
+                use_ema: bool = False, device: str = DEFAULT_DEVICE) -> io.NodeOutput:
+        return io.NodeOutput(load_dit_patcher(model, weight_dtype, download_if_missing, use_ema, device))
+
+
+def load_dit_patcher(model: str, weight_dtype: str, download_if_missing: bool, use_ema: bool, device: str):
+    """The Model Loader's work: its DiT in a ModelPatcher on ``device``. Also the patcher's ``cached_patcher_init``,
+    from which a copy for another device is made (the Multi-GPU node; core's ``deepclone_multigpu``)."""
+    path = models.resolve(model, "diffusion_models", download_if_missing, "DiT", "dit")
+    fp8_matmul = weight_dtype.endswith(FAST_SUFFIX)
+    weight = WEIGHT_DTYPES.get(weight_dtype.removesuffix(FAST_SUFFIX))
+    if weight is None:
+        raise ValueError(dtype_name_error(weight_dtype, WEIGHT_DTYPES))
+    load_device, offload = placed_on(device, mm.get_torch_device(), mm.unet_offload_device())
+    compute = compute_dtype(weight)
+    if compute == torch.bfloat16 and not mm.should_use_bf16(load_device) and not mm.is_device_cpu(load_device):
+        compute = torch.float32
+    operations = models.dit_operations(weight, compute, load_device, fp8_matmul)
+    try:
+        dit, info = load_dit(path, dtype=weight, device=offload, operations=operations,
+                            reader=models.read_weights, ema=use_ema,
+                            attention_backend=models.comfy_attention_backend())
+    except (CheckpointError, KeyError) as err:
+        raise _not_a("DiT", model, err, "Pick a diffusion_transformer_* folder or a Pyramid Flow DiT "
+                     ".safetensors file (not a VAE, text encoder or another model's checkpoint).") from err
+    wrapper = models.PyramidFlowDiTModel(dit, info, checkpoint_kind(path), weight, compute)
+    patcher = models.make_patcher(wrapper, load_device, offload)
+    patcher.cached_patcher_init = (load_dit_patcher, (model, weight_dtype, False, use_ema, device))
+    return patcher
 
 
 class PyramidFlowVideoVAELoader(PyramidFlowNode):
@@ -112,13 +122,14 @@ class PyramidFlowVideoVAELoader(PyramidFlowNode):
                 io.Combo.Input("dtype", options=["auto", *COMPUTE_DTYPES], default="auto", tooltip=(
                     "auto: bf16 where the device supports it, else fp32 (ComfyUI's VAE rule).")),
                 _download_input(),
+                device_input(),
             ],
             outputs=[VAESocket.Output(display_name="vae", tooltip="The Pyramid Flow causal video VAE, managed by ComfyUI.")],
         )
 
     @classmethod
-    def validate_inputs(cls, vae: str, dtype: str):
-        return cls.check_combos(vae=vae, dtype=dtype)
+    def validate_inputs(cls, vae: str, dtype: str, device: str = DEFAULT_DEVICE):
+        return cls.check_combos(vae=vae, dtype=dtype, device=device)
 
     @classmethod
     def combo_error(cls, name: str, value, options) -> str:
@@ -127,9 +138,10 @@ class PyramidFlowVideoVAELoader(PyramidFlowNode):
         return dtype_name_error(value, options)
 
     @classmethod
-    def process(cls, vae: str, dtype: str, download_if_missing: bool = False) -> io.NodeOutput:
+    def process(cls, vae: str, dtype: str, download_if_missing: bool = False,
+                device: str = DEFAULT_DEVICE) -> io.NodeOutput:
         path = models.resolve(vae, "vae", download_if_missing, "VAE", "vae")
-        load_device, offload = mm.vae_device(), mm.vae_offload_device()
+        load_device, offload = placed_on(device, mm.vae_device(), mm.vae_offload_device())
         if dtype == "auto":
             torch_dtype = mm.vae_dtype(load_device, [torch.bfloat16, torch.float32])
         else:
@@ -159,14 +171,15 @@ class PyramidFlowVideoTextEncoderLoader(PyramidFlowNode):
                 io.Combo.Input("dtype", options=list(COMPUTE_DTYPES), default="bf16",
                                tooltip="Weight dtype of the text encoders (T5-XXL is ~9.5 GB in bf16)."),
                 _download_input(),
+                device_input(),
             ],
             outputs=[TextEncoderSocket.Output(display_name="text_encoder",
                                               tooltip="The official Pyramid Flow text encoders, managed by ComfyUI.")],
         )
 
     @classmethod
-    def validate_inputs(cls, model_folder: str, dtype: str):
-        return cls.check_combos(model_folder=model_folder, dtype=dtype)
+    def validate_inputs(cls, model_folder: str, dtype: str, device: str = DEFAULT_DEVICE):
+        return cls.check_combos(model_folder=model_folder, dtype=dtype, device=device)
 
     @classmethod
     def combo_error(cls, name: str, value, options) -> str:
@@ -175,7 +188,8 @@ class PyramidFlowVideoTextEncoderLoader(PyramidFlowNode):
         return dtype_name_error(value, options)
 
     @classmethod
-    def process(cls, model_folder: str, dtype: str, download_if_missing: bool = False) -> io.NodeOutput:
+    def process(cls, model_folder: str, dtype: str, download_if_missing: bool = False,
+                device: str = DEFAULT_DEVICE) -> io.NodeOutput:
         root = models.resolve(model_folder, None, download_if_missing, "text encoder folder", "text",
                               require_weights=False)
         variant = models.text_variant_of_folder(root)
@@ -184,7 +198,7 @@ class PyramidFlowVideoTextEncoderLoader(PyramidFlowNode):
                              "rain1011/pyramid-flow-* repository. Download them, or use DualCLIPLoader / "
                              "TripleCLIPLoader with the clip_l / clip_g / t5xxl files instead.")
         torch_dtype = COMPUTE_DTYPES[dtype]
-        load_device, offload = mm.text_encoder_device(), mm.text_encoder_offload_device()
+        load_device, offload = placed_on(device, mm.text_encoder_device(), mm.text_encoder_offload_device())
         try:
             encoder = PyramidTextEncoder.from_pretrained(root, variant.name, dtype=torch_dtype, device=offload)
         except (CheckpointError, KeyError, OSError) as err:

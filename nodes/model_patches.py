@@ -1,10 +1,18 @@
-"""Model patch nodes: torch.compile of the DiT blocks (core's TorchCompileModel takes only core MODELs)."""
+"""Model patch nodes: torch.compile of the DiT blocks and the CFG halves on two GPUs (core's TorchCompileModel
+and MultiGPU CFG Split take only core MODELs)."""
+
+import logging
+
+import torch
 
 from comfy_api.v0_0_2 import io
 
 from ..pyramid_flow.dit.compile import COMPILE_BACKENDS, COMPILE_MODES
+from . import devices, models
 from .base import PyramidFlowNode
-from .types import COMPILE_OPTIONS_KEY, ModelSocket
+from .types import CFG_DEVICE_KEY, COMPILE_OPTIONS_KEY, ModelSocket
+
+log = logging.getLogger("pyramid_flow")
 
 CATEGORY = "PyramidFlow/model"
 
@@ -45,4 +53,42 @@ class PyramidFlowVideoTorchCompile(PyramidFlowNode):
         return io.NodeOutput(patched)
 
 
-NODES = [PyramidFlowVideoTorchCompile]
+class PyramidFlowVideoMultiGPU(PyramidFlowNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowVideoMultiGPU",
+            display_name="Pyramid Flow Multi-GPU",
+            category=CATEGORY,
+            description=("Run the two halves of classifier-free guidance of every Sampler and Extend step on two "
+                         "GPUs at once, each at batch 1: about 2x per step. A copy of the DiT loads on the second "
+                         "GPU, managed by ComfyUI like the first. With one GPU it changes nothing and says so in the "
+                         "log. Place it after 'Pyramid Flow Torch Compile'."),
+            inputs=[
+                ModelSocket.Input("model", tooltip="From 'Pyramid Flow Model Loader'."),
+                io.Int.Input("max_gpus", default=2, min=1, max=16, tooltip=(
+                    "Devices to use, the model's own included. Guidance has two halves, so a sampling step uses at "
+                    "most 2; 1 turns this off.")),
+            ],
+            outputs=[ModelSocket.Output(display_name="model", tooltip=(
+                "The same DiT, with its positive CFG half on a second device."))],
+        )
+
+    @classmethod
+    def process(cls, model, max_gpus: int) -> io.NodeOutput:
+        others = [torch.device(name) for name in devices.machine_devices()
+                  if name != "cpu" and torch.device(name) != torch.device(model.load_device)]
+        if max_gpus < 2 or not others:
+            log.info("Pyramid Flow Multi-GPU: %s: the model runs on %s alone, as without this node.",
+                     "max_gpus is 1" if max_gpus < 2 else "this machine has no second GPU", model.load_device)
+            return io.NodeOutput(model)
+        second = others[0]
+        models.device_copy(model, second)  # loaded from disk now, so a bad file fails here
+        log.info("Pyramid Flow Multi-GPU: the positive CFG half of every step runs on %s, the negative on %s.",
+                 second, model.load_device)
+        patched = model.clone()
+        patched.model_options[CFG_DEVICE_KEY] = str(second)
+        return io.NodeOutput(patched)
+
+
+NODES = [PyramidFlowVideoTorchCompile, PyramidFlowVideoMultiGPU]

@@ -6,7 +6,7 @@ All weights reach the GPU only through ``comfy.model_management.load_models_gpu`
 
 import logging
 import os
-from typing import List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
@@ -230,11 +230,31 @@ def dit_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype, load_d
     return comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device, fp8_optimizations=fp8_matmul)
 
 
+def device_copy(patcher, device: torch.device):
+    """A ModelPatcher of the same DiT on ``device``, made once and kept with the model (every clone of ``patcher``
+    shares it): rebuilt by the loader that made ``patcher`` (its ``cached_patcher_init``), through core's
+    ``deepclone_multigpu`` where the running ComfyUI has it."""
+    copies = patcher.model.device_copies
+    if str(device) not in copies:
+        init = getattr(patcher, "cached_patcher_init", None)
+        if init is None:
+            raise ValueError("This model was not made by 'Pyramid Flow Model Loader', so it cannot be copied to "
+                             f"{device}: load it with that node.")
+        if hasattr(patcher, "deepclone_multigpu"):  # ComfyUI 0.33+
+            copy = patcher.deepclone_multigpu(new_load_device=device)
+        else:
+            factory, arguments = init[0], init[1]
+            copy = factory(*arguments[:-1], str(device))  # the loader's last argument is the device
+        copies[str(device)] = copy
+    return copies[str(device)]
+
+
 class PyramidFlowDiTModel(torch.nn.Module):
     """What the model patcher manages: the DiT plus its identity (variant, checkpoint kind, dtypes)."""
 
     def __init__(self, dit: torch.nn.Module, info, checkpoint: Optional[str], weight_dtype, compute_dtype):
         super().__init__()
+        self.device_copies: Dict[str, object] = {}  # device -> ModelPatcher of a copy (the Multi-GPU node)
         self.diffusion_model = dit
         self.info = info
         self.variant_name = info.variant

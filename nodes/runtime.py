@@ -27,8 +27,9 @@ from ..pyramid_flow.sampler import Conditioning, StepInfo
 from ..pyramid_flow.text import TextEmbeddings
 from ..pyramid_flow.text.embeddings import TEXT_TOKENS
 from ..pyramid_flow.variants import VARIANTS, Variant, get_variant
+from . import models
 from .common import T5_EOS, pad_embeddings, t5_window
-from .types import COMPILE_OPTIONS_KEY, NORMALIZED_KEY, SEED_KEY, START_SECONDS_KEY, VARIANT_KEY
+from .types import CFG_DEVICE_KEY, COMPILE_OPTIONS_KEY, NORMALIZED_KEY, SEED_KEY, START_SECONDS_KEY, VARIANT_KEY
 
 log = logging.getLogger("pyramid_flow")
 
@@ -63,6 +64,17 @@ def dit_placement(model) -> ComfyPlacement:
 
 def vae_placement(vae) -> ComfyPlacement:
     return ComfyPlacement(vae, vae.model.vae)
+
+
+def second_placement(model, settings: SamplingSettings) -> Optional[ComfyPlacement]:
+    """The copy of the DiT that runs the positive CFG half ('Pyramid Flow Multi-GPU'), or None."""
+    device = model.model_options.get(CFG_DEVICE_KEY)
+    if device is None:
+        return None
+    if settings.guidance_scale <= 0:
+        log.info("Pyramid Flow Multi-GPU: guidance is off (scale 0), so %s is not used.", device)
+        return None
+    return dit_placement(models.device_copy(model, torch.device(device)))
 
 
 def text_encoder_placement(text_encoder) -> ComfyPlacement:
@@ -176,7 +188,7 @@ def sample(model, cond: Conditioning, uncond: TextEmbeddings, settings: Sampling
     latents = orchestration.sample(placement, cond, uncond, settings, latent_frames=latent_frames,
                                    dtype=model.model.compute_dtype, callback=step_callback(placement.device),
                                    compile_options=model.model_options.get(COMPILE_OPTIONS_KEY), resume=resume,
-                                   **start)
+                                   second=second_placement(model, settings), **start)
     if resume is not None:
         resume.clear()
     return latents

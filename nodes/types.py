@@ -14,8 +14,10 @@ NORMALIZED_KEY = "pyramid_flow_normalized"  # the sampler's normalised latents, 
 MOMENTS_KEY = "pyramid_flow_moments"  # image-to-video: the image's VAE moments; the sampler draws the posterior
 SEED_KEY = "pyramid_flow_seed"  # the seed a latent was sampled with, shown when extending with another one
 
-# model_options of a DiT ModelPatcher: torch.compile kwargs set by 'Pyramid Flow Torch Compile'.
+# model_options of a DiT ModelPatcher: torch.compile kwargs set by 'Pyramid Flow Torch Compile', and the device
+# that runs the positive CFG half (set by 'Pyramid Flow Multi-GPU'; the copy there is models.device_copy's).
 COMPILE_OPTIONS_KEY = "pyramid_flow_compile"
+CFG_DEVICE_KEY = "pyramid_flow_cfg_device"
 
 # CONDITIONING entries of a prompt schedule carry the time from which they apply.
 START_SECONDS_KEY = "pyramid_flow_start_seconds"

@@ -634,3 +634,55 @@ def test_every_node_error_branch_names_the_problem(comfy_env):
         with pytest.raises((ValueError, TypeError, FileNotFoundError)) as err:
             node.execute(**inputs)
         assert message in str(err.value), (node.__name__, message, str(err.value))
+
+
+def test_loader_device_inputs_place_the_models_and_refuse_devices_that_do_not_exist(comfy_env):
+    """The optional device input of every loader: a named device is where the model loads and runs (the same
+    video as ComfyUI's default choice, here both the CPU); a device the machine lacks is refused, at the queue and
+    at run time, naming the devices it has."""
+    from pyramid_flow_pack.nodes.loaders import PyramidFlowVideoModelLoader, PyramidFlowVideoVAELoader
+
+    repo = "pyramid-flow-miniflux"
+    dit, _ = _load_models(comfy_env)
+    placed = PyramidFlowVideoModelLoader.execute(model=f"{repo}/diffusion_transformer_384p", weight_dtype="fp32",
+                                                 device="cpu")[0]
+    assert placed.load_device == torch.device("cpu") and placed.offload_device == torch.device("cpu")
+    assert torch.equal(_sample(comfy_env, placed)[0]["samples"], _sample(comfy_env, dit)[0]["samples"])
+    from pyramid_flow_pack.nodes.devices import machine_devices
+
+    message = f"Device 'cuda:7' does not exist on this machine, which has: {', '.join(machine_devices())}. Pick one"
+    assert message in PyramidFlowVideoVAELoader.validate_inputs(vae=f"{repo}/causal_video_vae", dtype="fp32",
+                                                                device="cuda:7")
+    with pytest.raises(ValueError, match=message):
+        PyramidFlowVideoVAELoader.execute(vae=f"{repo}/causal_video_vae", dtype="fp32", device="cuda:7")
+
+
+def test_multigpu_node_runs_the_positive_half_on_a_second_device(comfy_env, monkeypatch):
+    """'Pyramid Flow Multi-GPU' with a second device (stood in by cpu:0, a CPU device of another name): a copy of
+    the DiT, loaded through load_models_gpu on that device, runs one half of every step at batch 1 and the video
+    equals the one-device video within the golden tolerance; with one device the node changes nothing."""
+    import comfy.model_management as mm
+
+    from pyramid_flow_pack.nodes import devices
+    from pyramid_flow_pack.nodes.model_patches import PyramidFlowVideoMultiGPU
+    from pyramid_flow_pack.nodes.types import CFG_DEVICE_KEY
+
+    dit, _ = _load_models(comfy_env)
+    assert PyramidFlowVideoMultiGPU.execute(model=dit, max_gpus=2)[0] is dit  # one device: unchanged
+    one_device = _sample(comfy_env, dit)[0]["samples"]
+    monkeypatch.setattr(devices, "machine_devices", lambda: ["cpu:0", "cpu"])
+    patched = PyramidFlowVideoMultiGPU.execute(model=dit, max_gpus=2)[0]
+    assert patched.model_options[CFG_DEVICE_KEY] == "cpu:0"
+    copy = dit.model.device_copies["cpu:0"]
+    assert copy.load_device == torch.device("cpu:0") and copy.model is not dit.model
+    batches = {"first": [], "second": []}
+    for name, patcher in (("first", patched), ("second", copy)):
+        patcher.model.diffusion_model.register_forward_pre_hook(
+            lambda module, args, name=name: batches[name].append(args[0][-1].shape[0]))
+    loaded = []
+    original = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, **kwargs: (loaded.extend(models), original(models, **kwargs)))
+    two_devices = _sample(comfy_env, patched)[0]["samples"]
+    assert copy in loaded and patched in loaded
+    assert batches["first"] == batches["second"] and set(batches["first"]) == {1} and len(batches["first"]) > 0
+    assert (two_devices - one_device).abs().max().item() <= 1e-3  # the golden latent tolerance
