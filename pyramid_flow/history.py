@@ -82,15 +82,23 @@ def check_history_window(history_window: Optional[int]) -> None:
         )
 
 
+def call_tokens(height: int, width: int, history_frames: int, stage: int, stages: int = PYRAMID_STAGES,
+                patch_size: int = 2) -> List[int]:
+    """Image tokens of each frame of one DiT call, oldest first (the current frame last): a unit with
+    ``history_frames`` past frames at ``stage``, the history clips of :func:`history_plan`. ``height``, ``width``:
+    the video's size in pixels."""
+    h, w = height // SPATIAL_SCALE, width // SPATIAL_SCALE
+
+    def frame_tokens(level: int) -> int:
+        scale = 2 ** (stages - 1 - level)
+        return (h // scale // patch_size) * (w // scale // patch_size)
+
+    clips = history_plan(history_frames, stages)[stage] if history_frames else []
+    return [frame_tokens(level) for level, start, end in clips for _ in range(end - start)] + [frame_tokens(stage)]
+
+
 def max_sequence_length(height: int, width: int, history_frames: int, stages: int = PYRAMID_STAGES, patch_size: int = 2,
                         text_tokens: int = TEXT_TOKENS) -> int:
     """Tokens of the largest DiT call of a unit with ``history_frames`` past frames (its last stage): text, the
     history clips of :func:`history_plan` and the current frame."""
-    h, w = height // SPATIAL_SCALE, width // SPATIAL_SCALE
-
-    def tokens(level: int, frames: int) -> int:
-        scale = 2 ** (stages - 1 - level)
-        return frames * (h // scale // patch_size) * (w // scale // patch_size)
-
-    last = history_plan(history_frames, stages)[-1] if history_frames else []
-    return text_tokens + tokens(stages - 1, 1) + sum(tokens(level, end - start) for level, start, end in last)
+    return text_tokens + sum(call_tokens(height, width, history_frames, stages - 1, stages, patch_size))
