@@ -16,11 +16,13 @@ from prompts import NEGATIVE, PROMPT, TINY, video_prompt
 from tolerance import assert_within_ulps
 
 NODES = {
-    "PyramidFlowVideoModelLoader": (["model", "weight_dtype", "download_if_missing", "use_ema"],  # use_ema: added last
+    # use_ema and device: added last, optional, so workflows saved before them load
+    "PyramidFlowVideoModelLoader": (["model", "weight_dtype", "download_if_missing", "use_ema", "device"],
                                     ["PYRAMID_FLOW_VIDEO_MODEL"]),
-    "PyramidFlowVideoVAELoader": (["vae", "dtype", "download_if_missing"], ["PYRAMID_FLOW_VIDEO_VAE"]),
-    "PyramidFlowVideoTextEncoderLoader": (["model_folder", "dtype", "download_if_missing"],
+    "PyramidFlowVideoVAELoader": (["vae", "dtype", "download_if_missing", "device"], ["PYRAMID_FLOW_VIDEO_VAE"]),
+    "PyramidFlowVideoTextEncoderLoader": (["model_folder", "dtype", "download_if_missing", "device"],
                                           ["PYRAMID_FLOW_VIDEO_TEXT_ENCODER"]),
+    "PyramidFlowVideoMultiGPU": (["model", "max_gpus"], ["PYRAMID_FLOW_VIDEO_MODEL"]),
     "PyramidFlowVideoTextEncode": (["prompt", "negative_prompt", "add_quality_suffix", "clip", "text_encoder"],
                                    ["CONDITIONING", "CONDITIONING"]),
     "PyramidFlowVideoPromptSchedule": (["schedule", "negative_prompt", "add_quality_suffix", "clip", "text_encoder"],
