@@ -41,10 +41,7 @@ class SequenceSplit:
     def local_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, *] -> this rank's [B, n, *]: N padded with zeros to a multiple of S, then the rank's piece."""
         n = -(-x.shape[1] // self.size)
-        padding = n * self.size - x.shape[1]
-        if padding:
-            x = torch.cat([x, x.new_zeros(x.shape[0], padding, *x.shape[2:])], dim=1)
-        return x[:, self.rank * n : (self.rank + 1) * n]
+        return padded(x, 1, n * self.size)[:, self.rank * n : (self.rank + 1) * n]
 
     def all_tokens(self, x: torch.Tensor, total: int) -> torch.Tensor:
         """This rank's [B, n, *] -> every rank's tokens [B, total, *], the padding dropped."""
@@ -86,9 +83,16 @@ class SequenceSplit:
         out = masked_attention(whole_sequence(q), whole_sequence(k), whole_sequence(v), mask)  # [B, H/S, Lt+N, d]
         text = [torch.empty_like(out[:, :, :lt]) for _ in range(self.size)]
         dist.all_gather(text, out[:, :, :lt].contiguous(), group=self.group)
-        image = out[:, :, lt:]
-        padding = self.size * (q.shape[2] - lt) - image_tokens
-        if padding:
-            image = torch.cat([image, image.new_zeros(*image.shape[:2], padding, image.shape[3])], dim=2)
+        image = padded(out[:, :, lt:], 2, self.size * (q.shape[2] - lt))  # [B, H/S, Np, d]
         joint = torch.cat([torch.cat(text, dim=1), self.tokens_to_heads(image)], dim=2)  # [B, H, Lt+n, d]
         return joint.transpose(1, 2).flatten(2)
+
+
+def padded(x: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    """``x`` with zeros appended along ``dim`` up to ``length``."""
+    missing = length - x.shape[dim]
+    if not missing:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)

@@ -647,6 +647,7 @@ def test_loader_device_inputs_place_the_models_and_refuse_devices_that_do_not_ex
     placed = PyramidFlowVideoModelLoader.execute(model=f"{repo}/diffusion_transformer_384p", weight_dtype="fp32",
                                                  device="cpu")[0]
     assert placed.load_device == torch.device("cpu") and placed.offload_device == torch.device("cpu")
+    # bit-equal on purpose: the same loader, file, device and code path; only the device input's route differs
     assert torch.equal(_sample(comfy_env, placed)[0]["samples"], _sample(comfy_env, dit)[0]["samples"])
     from pyramid_flow_pack.nodes.devices import machine_devices
 
